@@ -1,0 +1,191 @@
+"""A ledger home directory and how to open what lives in it.
+
+Layout (``--home``, default ``$OPSLEDGER_HOME`` or ``./.opsledger``)::
+
+    opsledger.yaml   configuration (store URL, node and admin names, API address)
+    ledger.db        the SQLite store (embedded default)
+    keys/<actor>.key private keys, mode 0600, directory 0700
+    node.lock        held by the one process that writes (flock)
+    serve.json       where a running ``opsledger serve`` listens
+
+Only one process writes a ledger: it holds ``node.lock``. When ``opsledger serve`` holds
+it, other commands talk to that server over HTTP instead of opening the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from opsledger.app.config import Config, load_config, write_config
+from opsledger.app.keys import key_path, load_key, load_key_from_env, write_key
+from opsledger.client.base import LedgerClient, Signer
+from opsledger.core import (
+    ConfigError,
+    InvalidInput,
+    NotFound,
+    PrivateKey,
+    SignatureChecker,
+    ThreadedSignatureChecker,
+)
+from opsledger.ledger import LedgerNode, create_genesis
+from opsledger.ordering import InProcessOrderer
+from opsledger.store import LedgerStore, open_store
+
+__all__ = ["Home", "default_home"]
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("OPSLEDGER_HOME") or ".opsledger")
+
+
+@dataclass
+class Home:
+    path: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "opsledger.yaml"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.path / "keys"
+
+    @property
+    def serve_path(self) -> Path:
+        return self.path / "serve.json"
+
+    def exists(self) -> bool:
+        return self.config_path.exists()
+
+    def config(self) -> Config:
+        if not self.exists():
+            raise NotFound(f"no ledger at {self.path}: run `opsledger init` first")
+        return load_config(self.config_path, self.default_store())
+
+    def default_store(self) -> str:
+        return f"sqlite:///{(self.path / 'ledger.db').resolve()}"
+
+    # -- creation --
+    def init(
+        self, *, admin: str = "admin", node: str = "node", store: str | None = None
+    ) -> dict[str, Any]:
+        if self.exists():
+            raise InvalidInput(f"{self.path} already holds a ledger")
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        config = Config(store=store or self.default_store(), node=node, admin=admin)
+        admin_key, node_key = PrivateKey.generate(), PrivateKey.generate()
+        with self.open_store(config) as st:
+            genesis = create_genesis(
+                st, admin_name=admin, admin_key=admin_key, node_name=node, node_key=node_key
+            )
+        write_key(key_path(self.keys_dir, admin), admin_key)
+        write_key(key_path(self.keys_dir, node), node_key)
+        write_config(self.config_path, config)
+        return {"home": str(self.path), "genesis_hash": genesis, "admin": admin, "node": node,
+                "admin_key_id": admin_key.key_id, "node_key_id": node_key.key_id}
+
+    # -- keys --
+    def write_key(self, actor: str, key: PrivateKey, *, overwrite: bool = False) -> Path:
+        path = key_path(self.keys_dir, actor)
+        write_key(path, key, overwrite=overwrite)
+        return path
+
+    def load_key(self, actor: str) -> PrivateKey:
+        return load_key(key_path(self.keys_dir, actor))
+
+    def signer(self, actor: str | None = None) -> Signer:
+        """The signer for ``actor`` (default: the admin made by ``init``). A key in the
+        environment (``OPSLEDGER_KEY``/``OPSLEDGER_KEY_FILE``) wins over the key file, so
+        CI can sign as its service identity without a key on disk."""
+        env_key = load_key_from_env()
+        name = actor or os.environ.get("OPSLEDGER_ACTOR") or self.config().admin
+        if env_key is not None:
+            return Signer(name, env_key)
+        return Signer(name, self.load_key(name))
+
+    # -- opening --
+    @contextlib.contextmanager
+    def open_store(self, config: Config | None = None) -> Any:
+        st: LedgerStore = open_store((config or self.config()).store)
+        try:
+            yield st
+        finally:
+            st.close()
+
+    def open_node(self, *, writable: bool = True, checker: SignatureChecker | None = None
+                  ) -> LedgerNode:
+        """Open the node; ``writable`` takes the writer lock and starts the committer."""
+        config = self.config()
+        lock = self._take_lock() if writable else None
+        store = open_store(config.store)
+
+        def release() -> None:
+            store.close()
+            if lock is not None:
+                lock.close()
+
+        try:
+            node = LedgerNode(
+                store,
+                node_key=self.load_key(config.node) if writable else None,
+                orderer=InProcessOrderer(
+                    max_batch=config.block_max_txs, max_wait=config.block_max_wait_ms / 1000
+                ),
+                checker=checker or ThreadedSignatureChecker(),
+                on_close=release,
+            )
+        except BaseException:
+            release()
+            raise
+        if writable:
+            node.start()
+        return node
+
+    def _take_lock(self) -> IO[str]:
+        handle = (self.path / "node.lock").open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise ConfigError(
+                f"another opsledger process is writing {self.path}"
+                " (is `opsledger serve` running?)"
+            ) from None
+        return handle
+
+    def server_url(self) -> str | None:
+        """The URL of a running ``opsledger serve`` for this home, if its lock is held."""
+        if not self.serve_path.exists():
+            return None
+        try:
+            info = json.loads(self.serve_path.read_text())
+        except (OSError, ValueError):
+            return None
+        handle = (self.path / "node.lock").open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return str(info.get("url"))  # held: the server is alive
+        else:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return None  # stale file from a dead server
+        finally:
+            handle.close()
+
+    def client(self) -> LedgerClient:
+        """A client for this home: HTTP to a running server, else an in-process node."""
+        url = self.server_url()
+        if url:
+            from opsledger.client.http import HttpClient
+
+            return HttpClient(url)
+        from opsledger.client.local import LocalClient
+
+        return LocalClient(self.open_node())
+

@@ -1,0 +1,108 @@
+"""The ``LedgerClient`` protocol every service uses to reach the ledger, and ``Signer``.
+
+Signing happens here, on the client side: a node never holds a user's private key.
+Results are the API's JSON shapes (plain dicts), so the in-process and HTTP clients are
+interchangeable and the CLI prints them as they are with ``--json``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from opsledger.core import (
+    Clock,
+    OpsledgerError,
+    PrivateKey,
+    Receipt,
+    SignedTransaction,
+    Subject,
+    SystemClock,
+    Transaction,
+    format_ts,
+    sign_transaction,
+)
+
+__all__ = ["LedgerClient", "Signer", "TxFilter"]
+
+TxFilter = dict[str, Any]
+"""Filters for ``list_transactions``: type, actor, subject ("kind:id"), since, until,
+after (a leaf-index cursor), limit, order ("asc"/"desc")."""
+
+
+class LedgerClient(Protocol):
+    def submit(self, stx: SignedTransaction) -> Receipt:
+        """Append one signed transaction; returns once its block is durable."""
+
+    def submit_many(self, stxs: Sequence[SignedTransaction]) -> list[Receipt | OpsledgerError]:
+        """Append many; each gets its receipt or its own error, in order."""
+
+    def get_transaction(self, tx_id: str, *, proof: bool = False) -> dict[str, Any]:
+        """``{tx_id, leaf_index, height, leaf (base64 canonical bytes), transaction}`` and,
+        with ``proof``, ``proof`` (see ``inclusion_proof``)."""
+
+    def list_transactions(self, filters: TxFilter) -> list[dict[str, Any]]: ...
+
+    def get_block(self, height: int) -> dict[str, Any]: ...
+
+    def head(self) -> dict[str, Any]:
+        """``{height, log_size, log_root, block_hash, time, origin, genesis_hash}``."""
+
+    def checkpoint(self, size: int | None = None) -> str: ...
+
+    def inclusion_proof(self, tx_id: str, size: int | None = None) -> dict[str, Any]:
+        """``{tx_id, leaf_index, tree_size, leaf_hash, hashes, checkpoint}``."""
+
+    def consistency_proof(self, first: int, second: int) -> dict[str, Any]:
+        """``{first, second, hashes, first_checkpoint, second_checkpoint}``."""
+
+    def actor(self, name: str) -> dict[str, Any]:
+        """``{actor, roles, kind, keys: [{key_id, active}], last_nonce}``."""
+
+    def close(self) -> None: ...
+
+
+class Signer:
+    """Builds and signs transactions for one actor with strictly increasing nonces.
+
+    Nonces are microseconds since the epoch, bumped past the last one used, so separate
+    processes signing for one actor (CI jobs, CLI calls) stay increasing without asking
+    the node; a rare collision is refused as a replay and the caller re-signs.
+    """
+
+    def __init__(self, actor: str, key: PrivateKey, clock: Clock | None = None) -> None:
+        self.actor = actor
+        self.key = key
+        self.clock = clock or SystemClock()
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next_nonce(self) -> int:
+        with self._lock:
+            now = int(self.clock.now().timestamp() * 1_000_000)
+            self._last = max(now, self._last + 1)
+            return self._last
+
+    def bump_past(self, nonce: int) -> None:
+        with self._lock:
+            self._last = max(self._last, nonce)
+
+    def sign(
+        self,
+        tx_type: str,
+        subject: Subject,
+        body: dict[str, Any],
+        refs: Sequence[str] = (),
+    ) -> SignedTransaction:
+        tx = Transaction(
+            type=tx_type,
+            actor=self.actor,
+            key_id=self.key.key_id,
+            ts=format_ts(self.clock.now()),
+            nonce=self.next_nonce(),
+            subject=subject,
+            body=body,
+            refs=tuple(refs),
+        )
+        return sign_transaction(tx, self.key)

@@ -1,0 +1,129 @@
+"""Canonical JSON (RFC 8785, JCS) and the small codecs the ledger formats use.
+
+``canonical(obj)`` is the one way to turn a JSON value into the bytes we hash and sign.
+The reference is the ``rfc8785`` package. It is pure Python and costs ~50 µs for a
+transaction, which would be most of our ingest budget, so ``canonical`` first tries the
+standard library's C encoder (``json.dumps`` with sorted keys, no whitespace, no ASCII
+escaping) and keeps its output only where it is provably identical to JCS:
+
+* the output is pure ASCII, so every key is ASCII and code-point order equals the
+  UTF-16 code-unit order JCS sorts by, and no string holds a character whose escaping
+  could differ;
+* the value holds no float (JCS formats numbers like ECMAScript; Python's ``repr``
+  differs for e.g. ``1e21`` or ``1.0``) and every integer is within ±(2**53 - 1);
+* both encoders escape ``"``, ``\\`` and control characters the same way (short forms
+  for ``\\b \\f \\n \\r \\t``, ``\\u00xx`` in lower-case hex otherwise).
+
+Anything else goes to ``rfc8785``. ``tests/core/test_encoding.py`` checks byte identity
+against ``rfc8785`` with hypothesis over arbitrary JSON and every schema'd body.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from typing import Any
+
+import rfc8785
+
+from opsledger.core.errors import InvalidInput
+
+__all__ = [
+    "MAX_SAFE_INT",
+    "b64decode",
+    "b64encode",
+    "canonical",
+    "canonical_reference",
+    "parse_json",
+    "sha256",
+    "sha256_hex",
+]
+
+MAX_SAFE_INT = 2**53 - 1
+
+_dumps = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+
+
+def canonical_reference(obj: Any) -> bytes:
+    """RFC 8785 bytes from the reference implementation (slow, always right)."""
+    try:
+        return bytes(rfc8785.dumps(obj))
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+        raise InvalidInput(f"value cannot be canonicalised: {exc}") from exc
+
+
+def _fast_path_safe(obj: Any) -> bool:
+    """True when ``obj`` holds no float and no integer outside the safe range."""
+    stack = [obj]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, bool) or value is None or isinstance(value, str):
+            continue
+        elif isinstance(value, int):
+            if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
+                return False
+        else:
+            return False
+    return True
+
+
+def canonical(obj: Any) -> bytes:
+    """RFC 8785 canonical bytes of a JSON value (see the module docstring)."""
+    if _fast_path_safe(obj):
+        try:
+            text = _dumps(obj)
+        except (TypeError, ValueError):
+            return canonical_reference(obj)
+        if text.isascii():
+            return text.encode("ascii")
+    return canonical_reference(obj)
+
+
+def parse_json(data: bytes | str) -> Any:
+    """Parse JSON, refusing NaN/Infinity and duplicate keys (ambiguous for signers)."""
+
+    def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in result:
+                raise InvalidInput(f"duplicate JSON key {key!r}", field=key)
+            result[key] = value
+        return result
+
+    def _no_constant(name: str) -> Any:
+        raise InvalidInput(f"JSON constant {name} is not allowed")
+
+    try:
+        return json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidInput("JSON nested too deeply") from exc
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode(text: str, *, field: str = "value") -> bytes:
+    """Strict standard base64 (with padding); a clear error names the field."""
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
+        raise InvalidInput(f"{field} is not valid base64", field=field) from exc

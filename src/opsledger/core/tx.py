@@ -1,0 +1,164 @@
+"""Transactions: the unsigned model, signing, and parsing signed bytes.
+
+Wire form (JSON, RFC 8785 canonical when hashed or signed)::
+
+    {"v": 1, "type": "build.finished", "actor": "ci-runner", "key_id": "<32 hex>",
+     "ts": "2026-11-21T23:59:00.123Z", "nonce": 1763769540123456,
+     "subject": {"kind": "artifact", "id": "sha256:..."}, "body": {...}, "refs": [],
+     "sig": "<base64 Ed25519 over DOMAIN_TX || canonical(tx without sig)>"}
+
+* the signed bytes of the log leaf are ``canonical(tx with sig)``;
+* the transaction id is ``SHA-256(leaf)`` in hex; the Merkle leaf hash is
+  ``SHA-256(0x00 || leaf)``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from opsledger.core.crypto import DOMAIN_TX, PrivateKey, PublicKey
+from opsledger.core.encoding import b64decode, b64encode, canonical, parse_json, sha256_hex
+from opsledger.core.errors import InvalidInput
+from opsledger.core.merkle import leaf_hash
+from opsledger.core.schemas import validate_transaction
+
+__all__ = [
+    "Receipt",
+    "SignedTransaction",
+    "Subject",
+    "Transaction",
+    "format_ts",
+    "parse_subject",
+    "sign_transaction",
+]
+
+TX_VERSION = 1
+
+
+def format_ts(moment: _dt.datetime) -> str:
+    """RFC 3339 UTC with milliseconds and a ``Z``: fixed width, so strings sort as times."""
+    utc = moment.astimezone(_dt.UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    kind: str
+    id: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.id}"
+
+
+def parse_subject(text: str) -> Subject:
+    """``KIND:ID`` (the id may itself contain colons, as in ``artifact:sha256:ab..``)."""
+    kind, sep, ident = text.partition(":")
+    if not sep or not kind or not ident:
+        raise InvalidInput(f"subject must look like KIND:ID, got {text!r}", field="subject")
+    return Subject(kind, ident)
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """An unsigned transaction. ``to_dict`` is the exact JSON object that gets signed."""
+
+    type: str
+    actor: str
+    key_id: str
+    ts: str
+    nonce: int
+    subject: Subject
+    body: dict[str, Any]
+    refs: tuple[str, ...] = ()
+    v: int = TX_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": self.v,
+            "type": self.type,
+            "actor": self.actor,
+            "key_id": self.key_id,
+            "ts": self.ts,
+            "nonce": self.nonce,
+            "subject": {"kind": self.subject.kind, "id": self.subject.id},
+            "body": self.body,
+            "refs": list(self.refs),
+        }
+
+    def signing_bytes(self) -> bytes:
+        return canonical(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class SignedTransaction:
+    """A signed transaction with its canonical leaf bytes and id."""
+
+    tx: Transaction
+    sig: bytes
+    leaf: bytes = field(repr=False)
+    tx_id: str
+
+    @property
+    def leaf_hash(self) -> bytes:
+        return leaf_hash(self.leaf)
+
+    def verify_signature(self, public_key: PublicKey) -> bool:
+        return public_key.verify(DOMAIN_TX, self.tx.signing_bytes(), self.sig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.tx.to_dict(), "sig": b64encode(self.sig)}
+
+    @classmethod
+    def parse(cls, data: bytes | str) -> SignedTransaction:
+        """Decode and schema-check signed transaction JSON (any key order or spacing).
+        Does not check the signature: that needs the actor's key (see ``admission``)."""
+        obj = parse_json(data)
+        return cls.from_dict(obj)
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> SignedTransaction:
+        if not isinstance(obj, dict):
+            raise InvalidInput("a transaction is a JSON object", field="transaction")
+        validate_transaction(obj)
+        if "sig" not in obj:
+            raise InvalidInput("transaction is not signed: sig is missing", field="sig")
+        subject = obj["subject"]
+        tx = Transaction(
+            type=obj["type"],
+            actor=obj["actor"],
+            key_id=obj["key_id"],
+            ts=obj["ts"],
+            nonce=obj["nonce"],
+            subject=Subject(subject["kind"], subject["id"]),
+            body=obj["body"],
+            refs=tuple(obj["refs"]),
+            v=obj["v"],
+        )
+        leaf = canonical(obj)
+        return cls(tx=tx, sig=b64decode(obj["sig"], field="sig"), leaf=leaf, tx_id=sha256_hex(leaf))
+
+
+def sign_transaction(tx: Transaction, key: PrivateKey) -> SignedTransaction:
+    """Sign on the client side; the node never holds a user's private key."""
+    if tx.key_id != key.key_id:
+        raise InvalidInput("key_id does not match the signing key", field="key_id")
+    obj = tx.to_dict()
+    validate_transaction(obj)
+    sig = key.sign(DOMAIN_TX, canonical(obj))
+    obj["sig"] = b64encode(sig)
+    leaf = canonical(obj)
+    return SignedTransaction(tx=tx, sig=sig, leaf=leaf, tx_id=sha256_hex(leaf))
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What a writer gets back once its transaction's block is durable."""
+
+    tx_id: str
+    height: int
+    leaf_index: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tx_id": self.tx_id, "height": self.height, "leaf_index": self.leaf_index}

@@ -1,0 +1,226 @@
+"""Offline verification of a whole ledger, block by block, from bytes alone.
+
+``LedgerVerifier`` is fed each block's canonical bytes, its leaves (canonical signed
+transactions) and its checkpoint note, in height order, and re-checks everything a node
+checked when it wrote them. It needs no store, no network and no clock, so the same code
+verifies a live home (``opsledger verify``) and an exported bundle on an auditor's laptop.
+
+Invariants checked, per block:
+
+1. the block parses; its height is the previous height + 1 (0 first); ``prev_hash`` is the
+   previous header's hash (zeros for genesis); its time does not go backwards;
+2. ``tx_ids`` are exactly SHA-256 of the given leaves, in order; ``tx_root`` is their
+   RFC 9162 root;
+3. ``log_size`` grows by the number of leaves and ``log_root`` is the global log's root;
+4. every transaction passes the schema and the identity rules at its position (signature
+   by an active key of the actor, role, strictly increasing nonce; see ``identity``), the
+   first being the self-signed genesis admin;
+5. the proposer is an actor with the ``node`` role whose key ``key_id`` is active and
+   signed the header (genesis: checked after its transactions registered the node);
+6. the checkpoint note is for this ledger's origin, at ``log_size`` with ``log_root``,
+   signed by the proposer.
+
+The first failure raises ``VerificationFailed`` naming the height, the tx id where one
+applies, and expected vs computed values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from opsledger.core.block import GENESIS_PREV_HASH, Block
+from opsledger.core.checkpoint import open_checkpoint
+from opsledger.core.crypto import DOMAIN_TX, PublicKey, SignatureChecker
+from opsledger.core.encoding import sha256_hex
+from opsledger.core.errors import OpsledgerError, VerificationFailed
+from opsledger.core.identity import Registry
+from opsledger.core.merkle import CompactRange, leaf_hash, root_of
+from opsledger.core.tx import SignedTransaction
+
+__all__ = ["LedgerVerifier", "VerifyResult", "origin_for"]
+
+NODE_ROLE = "node"
+
+
+def origin_for(genesis_hash: str) -> str:
+    """The checkpoint origin line of the ledger whose genesis header hashes to this."""
+    return f"opsledger/{genesis_hash[:32]}"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    height: int
+    log_size: int
+    log_root: str
+    genesis_hash: str
+    origin: str
+    transactions: int
+
+
+class LedgerVerifier:
+    """Feed blocks in order with ``add_block``; call ``result`` at the end.
+
+    ``genesis_hash`` pins the ledger (an auditor's trust anchor); without it the first
+    block is trusted as genesis. ``fork_origin``/``fork_height``: a forked ledger's
+    checkpoints above ``fork_height`` carry its own origin.
+    """
+
+    def __init__(
+        self,
+        *,
+        genesis_hash: str | None = None,
+        checker: SignatureChecker | None = None,
+        fork_origin: str | None = None,
+        fork_height: int | None = None,
+    ) -> None:
+        self._pinned_genesis = genesis_hash
+        self._checker = checker or SignatureChecker()
+        self._fork_origin = fork_origin
+        self._fork_height = fork_height
+        self.registry = Registry()
+        self._range = CompactRange.empty()
+        self._height = -1
+        self._prev_hash = GENESIS_PREV_HASH
+        self._prev_time = ""
+        self._genesis_hash = ""
+        self._origin = ""
+        self._transactions = 0
+
+    @property
+    def registry_snapshot(self) -> Registry:
+        return self.registry
+
+    def add_block(self, block_bytes: bytes, leaves: Sequence[bytes], checkpoint: str) -> None:
+        height = self._height + 1
+        try:
+            block = Block.from_bytes(block_bytes)
+        except OpsledgerError as exc:
+            raise VerificationFailed(f"block {height} is malformed: {exc}", height=height) from exc
+        header = block.header
+        if header.height != height:
+            raise _fail(height, "block height out of order", expected=height, computed=header.height)
+        if header.prev_hash != self._prev_hash:
+            raise _fail(
+                height, "prev_hash does not link to the previous block",
+                expected=self._prev_hash, computed=header.prev_hash,
+            )
+        if header.time < self._prev_time:
+            raise _fail(height, "block time goes backwards", expected=f">= {self._prev_time}",
+                        computed=header.time)
+        if height == 0:
+            self._genesis_hash = block.block_hash
+            if self._pinned_genesis and self._pinned_genesis != self._genesis_hash:
+                raise _fail(0, "genesis does not match the pinned ledger id",
+                            expected=self._pinned_genesis, computed=self._genesis_hash)
+            self._origin = origin_for(self._genesis_hash)
+        ids = [sha256_hex(leaf) for leaf in leaves]
+        if list(header.tx_ids) != ids:
+            bad = next(
+                (i for i, (a, b) in enumerate(zip(header.tx_ids, ids, strict=False)) if a != b),
+                min(len(ids), len(header.tx_ids)),
+            )
+            raise _fail(
+                height, "transaction bytes do not match the block's tx ids",
+                tx_id=header.tx_ids[bad] if bad < len(header.tx_ids) else None,
+                expected=header.tx_ids[bad] if bad < len(header.tx_ids) else None,
+                computed=ids[bad] if bad < len(ids) else None,
+            )
+        hashes = [leaf_hash(leaf) for leaf in leaves]
+        tx_root = root_of(hashes).hex()
+        if header.tx_root != tx_root:
+            raise _fail(height, "tx_root does not match the block's transactions",
+                        expected=header.tx_root, computed=tx_root)
+        proposer_key = None if height == 0 else self._proposer_key(block)
+        self._admit_all(height, leaves, ids)
+        self._range.extend(hashes)
+        if header.log_size != self._range.size:
+            raise _fail(height, "log_size is wrong", expected=self._range.size,
+                        computed=header.log_size)
+        log_root = self._range.root().hex()
+        if header.log_root != log_root:
+            raise _fail(height, "log_root does not match the global log",
+                        expected=header.log_root, computed=log_root)
+        if proposer_key is None:
+            proposer_key = self._proposer_key(block)
+        if not block.verify_signature(proposer_key):
+            raise _fail(height, f"block signature by {header.proposer} does not verify")
+        self._check_checkpoint(height, checkpoint, header.proposer, proposer_key,
+                               header.log_size, log_root)
+        self._height = height
+        self._prev_hash = block.block_hash
+        self._prev_time = header.time
+        self._transactions += len(leaves)
+
+    def _proposer_key(self, block: Block) -> PublicKey:
+        header = block.header
+        actor = self.registry.actors.get(header.proposer)
+        state = actor.keys.get(header.key_id) if actor else None
+        if actor is None or state is None or not state.active or NODE_ROLE not in actor.roles:
+            raise _fail(header.height,
+                        f"proposer {header.proposer!r} is not a node with an active key "
+                        f"{header.key_id}")
+        return state.public_key
+
+    def _admit_all(self, height: int, leaves: Sequence[bytes], ids: Sequence[str]) -> None:
+        parsed: list[SignedTransaction] = []
+        for leaf, tx_id in zip(leaves, ids, strict=True):
+            try:
+                stx = SignedTransaction.parse(leaf)
+            except OpsledgerError as exc:
+                raise _fail(height, f"transaction is invalid: {exc.message}", tx_id=tx_id) from exc
+            if stx.leaf != leaf:
+                raise _fail(height, "transaction bytes are not canonical", tx_id=tx_id)
+            parsed.append(stx)
+        # Verify every signature whose key is already known in one parallel batch; the
+        # sequential pass below then only checks registry state (key_id = H(public key),
+        # so a signature verified under the key with that id is the same check).
+        batch: list[tuple[PublicKey, bytes, bytes, bytes]] = []
+        positions: list[int] = []
+        for i, stx in enumerate(parsed):
+            key = self.registry.known_key(stx.tx.key_id)
+            if key is not None:
+                batch.append((key, DOMAIN_TX, stx.tx.signing_bytes(), stx.sig))
+                positions.append(i)
+        verified = [False] * len(parsed)
+        for i, ok in zip(positions, self._checker.verify_many(batch), strict=True):
+            if not ok:
+                raise _fail(height, "signature does not verify", tx_id=ids[i])
+            verified[i] = True
+        for i, stx in enumerate(parsed):
+            if height > 0 and not self.registry.actors:
+                raise _fail(height, "genesis anchor outside block 0", tx_id=ids[i])
+            try:
+                self.registry.admit(stx, signature_verified=verified[i])
+            except OpsledgerError as exc:
+                raise _fail(height, f"transaction refused: {exc.message}", tx_id=ids[i]) from exc
+
+    def _check_checkpoint(
+        self, height: int, note: str, proposer: str, key: PublicKey, size: int, root: str
+    ) -> None:
+        origin = self._origin
+        if self._fork_origin and self._fork_height is not None and height > self._fork_height:
+            origin = self._fork_origin
+        try:
+            checkpoint = open_checkpoint(note, {proposer: key}, origin=origin)
+        except OpsledgerError as exc:
+            raise _fail(height, f"checkpoint is invalid: {exc.message}") from exc
+        if checkpoint.size != size or checkpoint.root.hex() != root:
+            raise _fail(height, "checkpoint does not match the block",
+                        expected=f"{size} {root}", computed=f"{checkpoint.size} {checkpoint.root.hex()}")
+
+    def result(self) -> VerifyResult:
+        if self._height < 0:
+            raise VerificationFailed("the ledger holds no block")
+        return VerifyResult(
+            height=self._height,
+            log_size=self._range.size,
+            log_root=self._range.root().hex(),
+            genesis_hash=self._genesis_hash,
+            origin=self._origin,
+            transactions=self._transactions,
+        )
+
+
+def _fail(height: int, reason: str, **details: object) -> VerificationFailed:
+    return VerificationFailed(f"block {height}: {reason}", height=height, reason=reason, **details)

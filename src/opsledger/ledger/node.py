@@ -1,0 +1,505 @@
+"""A ledger node: admission, sequencing, block building, commit, queries and proofs.
+
+Write path (one committer thread, fed by the orderer)::
+
+    bytes ──prepare()──▶ parse + schema + signature (caller's thread, parallel)
+          ──orderer────▶ batch in one total order
+          ──_deliver()─▶ identity rules + nonce per tx (sequential, in order)
+                         ──▶ leaves, tree nodes, block header, node signature,
+                             checkpoint ──▶ store.append_block (one durable transaction)
+                         ──▶ receipts resolve: a write is acknowledged only now
+
+Refused transactions fail their own future and change nothing; the rest of the batch
+goes on. If the store fails, every writer in the block gets the error and the node
+reloads its in-memory state (registry, tree edge, head) from the store.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from opsledger.core import (
+    GENESIS_PREV_HASH,
+    Block,
+    BlockHeader,
+    Checkpoint,
+    Clock,
+    CompactRange,
+    InvalidInput,
+    LedgerVerifier,
+    NotFound,
+    OpsledgerError,
+    PrivateKey,
+    Receipt,
+    Registry,
+    SignatureChecker,
+    SignedTransaction,
+    StorageError,
+    Subject,
+    SystemClock,
+    Transaction,
+    VerificationFailed,
+    VerifyResult,
+    consistency_proof,
+    format_ts,
+    inclusion_proof,
+    leaf_hash,
+    origin_for,
+    root_of,
+    sign_block,
+    sign_checkpoint,
+    sign_transaction,
+)
+from opsledger.core.crypto import DOMAIN_TX
+from opsledger.ordering import InProcessOrderer, Orderer, Pending
+from opsledger.store import BlockRecord, LedgerStore, TxQuery, TxRecord
+
+__all__ = ["LedgerNode", "Receipt", "create_genesis"]
+
+
+def _tx_record(stx: SignedTransaction, leaf_index: int, height: int) -> TxRecord:
+    tx = stx.tx
+    return TxRecord(
+        tx_id=stx.tx_id,
+        leaf_index=leaf_index,
+        height=height,
+        type=tx.type,
+        actor=tx.actor,
+        subject_kind=tx.subject.kind,
+        subject_id=tx.subject.id,
+        ts=tx.ts,
+        nonce=tx.nonce,
+        leaf=stx.leaf,
+    )
+
+
+def _build_block(
+    *,
+    height: int,
+    prev_hash: str,
+    prev_time: str,
+    txs: Sequence[SignedTransaction],
+    tree: CompactRange,
+    first_leaf: int,
+    node_name: str,
+    node_key: PrivateKey,
+    clock: Clock,
+    origin: str | None,
+) -> tuple[BlockRecord, list[TxRecord], list[tuple[int, int, bytes]], CompactRange]:
+    """Everything ``append_block`` stores for one block; ``tree`` is not modified."""
+    hashes = [stx.leaf_hash for stx in txs]
+    new_tree = tree.copy()
+    nodes = new_tree.extend(hashes)
+    header = BlockHeader(
+        height=height,
+        prev_hash=prev_hash,
+        time=max(format_ts(clock.now()), prev_time),
+        tx_ids=tuple(stx.tx_id for stx in txs),
+        tx_root=root_of(hashes).hex(),
+        log_size=new_tree.size,
+        log_root=new_tree.root().hex(),
+        proposer=node_name,
+        key_id=node_key.key_id,
+    )
+    block = sign_block(header, node_key)
+    origin = origin or origin_for(block.block_hash)
+    note = sign_checkpoint(Checkpoint(origin, new_tree.size, new_tree.root()), node_name, node_key)
+    record = BlockRecord(
+        height=height,
+        block_hash=block.block_hash,
+        log_size=new_tree.size,
+        log_root=header.log_root,
+        time=header.time,
+        data=block.to_bytes(),
+        checkpoint=note,
+    )
+    tx_records = [_tx_record(stx, first_leaf + i, height) for i, stx in enumerate(txs)]
+    return record, tx_records, nodes, new_tree
+
+
+def create_genesis(
+    store: LedgerStore,
+    *,
+    admin_name: str,
+    admin_key: PrivateKey,
+    node_name: str,
+    node_key: PrivateKey,
+    clock: Clock | None = None,
+) -> str:
+    """Write block 0: the admin adds itself (self-signed, the trust anchor), then the admin
+    registers the node. Returns the genesis block hash, which names the ledger."""
+    clock = clock or SystemClock()
+    if store.head() is not None:
+        raise InvalidInput("this store already holds a ledger")
+    ts = format_ts(clock.now())
+    base = int(clock.now().timestamp() * 1_000_000)
+
+    def add(actor: str, key: PrivateKey, roles: list[str], kind: str, nonce: int) -> Transaction:
+        return Transaction(
+            type="identity.key_added",
+            actor=admin_name,
+            key_id=admin_key.key_id,
+            ts=ts,
+            nonce=nonce,
+            subject=Subject("actor", actor),
+            body={"actor": actor, "public_key": key.public_key.b64, "roles": roles, "kind": kind},
+        )
+
+    txs = [
+        sign_transaction(add(admin_name, admin_key, ["admin"], "person", base), admin_key),
+        sign_transaction(add(node_name, node_key, ["node"], "node", base + 1), admin_key),
+    ]
+    registry = Registry()
+    for stx in txs:
+        registry.admit(stx)
+    record, tx_records, nodes, _ = _build_block(
+        height=0, prev_hash=GENESIS_PREV_HASH, prev_time="", txs=txs, tree=CompactRange.empty(),
+        first_leaf=0, node_name=node_name, node_key=node_key, clock=clock, origin=None,
+    )
+    store.append_block(record, tx_records, nodes, {admin_name: base + 1})
+    store.set_meta("genesis_hash", record.block_hash)
+    store.set_meta("origin", origin_for(record.block_hash))
+    store.set_meta("node_name", node_name)
+    return record.block_hash
+
+
+class LedgerNode:
+    """One ledger node over one store. Thread-safe: submit and read from any thread."""
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        *,
+        node_key: PrivateKey | None = None,
+        clock: Clock | None = None,
+        orderer: Orderer | None = None,
+        checker: SignatureChecker | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self._on_close = on_close
+        self.clock = clock or SystemClock()
+        self.checker = checker or SignatureChecker()
+        genesis = store.get_meta("genesis_hash")
+        origin = store.get_meta("origin")
+        node_name = store.get_meta("node_name")
+        if genesis is None or origin is None or node_name is None:
+            raise NotFound("no ledger here: run `opsledger init` first")
+        self.genesis_hash = genesis
+        self.origin = origin
+        # A fork (``opsledger fork``) signs its new checkpoints under its own origin, so
+        # its history can never be mistaken for the original ledger's.
+        self.checkpoint_origin = store.get_meta("fork_origin") or origin
+        self.node_name = node_name
+        self._node_key = node_key
+        self._orderer = orderer or InProcessOrderer()
+        self._lock = threading.Lock()  # guards head/tree/registry swaps for readers
+        self._started = False
+        self._load_state()
+
+    # -- state --
+    def _load_state(self) -> None:
+        head = self.store.head()
+        if head is None:
+            raise StorageError("store has metadata but no genesis block")
+        registry = Registry()
+        cursor: int | None = None
+        while True:
+            page = self.store.query_txs(TxQuery(type="identity.*", after=cursor, limit=1000))
+            for record in page:
+                registry.apply(SignedTransaction.parse(record.leaf))
+            if len(page) < 1000:
+                break
+            cursor = page[-1].leaf_index
+        for actor, nonce in self.store.last_nonces().items():
+            if actor in registry.actors:
+                registry.actors[actor].last_nonce = nonce
+        tree = CompactRange.from_nodes(head.log_size, self.store.get_nodes)
+        if tree.root().hex() != head.log_root:
+            raise StorageError(
+                "stored tree nodes do not match the head block's log root",
+                expected=head.log_root, computed=tree.root().hex(),
+            )
+        with self._lock:
+            self.registry = registry
+            self._tree = tree
+            self._head = head
+
+    @property
+    def head(self) -> BlockRecord:
+        return self._head
+
+    def start(self) -> LedgerNode:
+        if self._node_key is None:
+            raise InvalidInput("this node has no signing key: it can read but not write")
+        if not self._started:
+            self._orderer.start(self._deliver)
+            self._started = True
+        return self
+
+    def close(self) -> None:
+        """Stop the committer after it wrote what is queued; then run ``on_close``."""
+        if self._started:
+            self._orderer.stop()
+            self._started = False
+        if self._on_close is not None:
+            callback, self._on_close = self._on_close, None
+            callback()
+
+    def __enter__(self) -> LedgerNode:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- write path --
+    def prepare(self, data: bytes | str | SignedTransaction) -> Pending:
+        """Parse and schema-check; verify the signature now if the key is already known."""
+        stx = data if isinstance(data, SignedTransaction) else SignedTransaction.parse(data)
+        key = self.registry.known_key(stx.tx.key_id)
+        verified = False
+        if key is not None:
+            if not stx.verify_signature(key):
+                raise InvalidInput("signature does not verify", field="sig")
+            verified = True
+        return Pending(stx, signature_verified=verified)
+
+    def submit_async(self, data: bytes | str | SignedTransaction) -> Future[Receipt]:
+        pending = self.prepare(data)
+        self._orderer.submit([pending])
+        return pending.future
+
+    def submit(self, data: bytes | str | SignedTransaction, timeout: float = 30.0) -> Receipt:
+        """Admit one transaction and wait until its block is durable."""
+        result: Receipt = self.submit_async(data).result(timeout)
+        return result
+
+    def submit_many(
+        self, items: Sequence[bytes | str | SignedTransaction], timeout: float = 120.0
+    ) -> list[Receipt | OpsledgerError]:
+        """Admit many; verifies signatures in parallel batches (``checker``). Each item
+        gets its receipt or its own error, in order."""
+        prepared: list[Pending | OpsledgerError] = []
+        to_check: list[tuple[int, SignedTransaction]] = []
+        for i, item in enumerate(items):
+            try:
+                stx = item if isinstance(item, SignedTransaction) else SignedTransaction.parse(item)
+            except OpsledgerError as exc:
+                prepared.append(exc)
+                continue
+            prepared.append(Pending(stx))
+            if self.registry.known_key(stx.tx.key_id) is not None:
+                to_check.append((i, stx))
+        batch = []
+        for _, stx in to_check:
+            key = self.registry.known_key(stx.tx.key_id)
+            assert key is not None  # noqa: S101 - checked just above
+            batch.append((key, DOMAIN_TX, stx.tx.signing_bytes(), stx.sig))
+        for (i, _), ok in zip(to_check, self.checker.verify_many(batch), strict=True):
+            item = prepared[i]
+            assert isinstance(item, Pending)  # noqa: S101
+            if ok:
+                item.signature_verified = True
+            else:
+                prepared[i] = InvalidInput("signature does not verify", field="sig")
+        pendings = [p for p in prepared if isinstance(p, Pending)]
+        if pendings:
+            self._orderer.submit(pendings)
+        results: list[Receipt | OpsledgerError] = []
+        for p in prepared:
+            if isinstance(p, OpsledgerError):
+                results.append(p)
+                continue
+            try:
+                results.append(p.future.result(timeout))
+            except OpsledgerError as exc:
+                results.append(exc)
+        return results
+
+    def _deliver(self, batch: Sequence[Pending]) -> None:
+        accepted: list[Pending] = []
+        nonces: dict[str, int] = {}
+        for pending in batch:
+            try:
+                self.registry.check(pending.stx, signature_verified=pending.signature_verified)
+            except OpsledgerError as exc:
+                pending.future.set_exception(exc)
+                continue
+            self.registry.apply(pending.stx)
+            nonces[pending.stx.tx.actor] = pending.stx.tx.nonce
+            accepted.append(pending)
+        if not accepted:
+            return
+        head = self._head
+        assert self._node_key is not None  # noqa: S101 - start() checked it
+        try:
+            record, tx_records, nodes, tree = _build_block(
+                height=head.height + 1, prev_hash=head.block_hash, prev_time=head.time,
+                txs=[p.stx for p in accepted], tree=self._tree, first_leaf=head.log_size,
+                node_name=self.node_name, node_key=self._node_key, clock=self.clock,
+                origin=self.checkpoint_origin,
+            )
+            self.store.append_block(record, tx_records, nodes, nonces)
+        except BaseException as exc:
+            error = exc if isinstance(exc, OpsledgerError) else StorageError(f"commit failed: {exc}")
+            for pending in accepted:
+                pending.future.set_exception(error)
+            self._load_state()
+            return
+        with self._lock:
+            self._tree = tree
+            self._head = record
+        for pending, tx in zip(accepted, tx_records, strict=True):
+            pending.future.set_result(Receipt(tx.tx_id, tx.height, tx.leaf_index))
+
+    # -- reads --
+    def get_tx(self, tx_id: str) -> TxRecord:
+        record = self.store.get_tx(tx_id.lower())
+        if record is None:
+            raise NotFound(f"no transaction {tx_id}", field="tx_id")
+        return record
+
+    def query(self, query: TxQuery) -> list[TxRecord]:
+        return self.store.query_txs(query)
+
+    def block(self, height: int) -> BlockRecord:
+        record = self.store.get_block(height)
+        if record is None:
+            raise NotFound(f"no block at height {height} (head is {self._head.height})",
+                           field="height")
+        return record
+
+    def checkpoint(self, size: int | None = None) -> str:
+        return self._block_at_size(size).checkpoint
+
+    def _block_at_size(self, size: int | None) -> BlockRecord:
+        if size is None:
+            return self._head
+        record = self.store.get_block_by_log_size(size)
+        if record is None:
+            raise NotFound(
+                f"no checkpoint at tree size {size}: checkpoints are made at block boundaries"
+                f" (current size {self._head.log_size})",
+                field="size",
+            )
+        return record
+
+    def inclusion_proof(self, tx_id: str, size: int | None = None) -> dict[str, Any]:
+        record = self.get_tx(tx_id)
+        block = self._block_at_size(size)
+        if record.leaf_index >= block.log_size:
+            raise InvalidInput(
+                f"transaction {tx_id} (leaf {record.leaf_index}) is not in the tree of size"
+                f" {block.log_size}",
+                field="size",
+            )
+        hashes = inclusion_proof(record.leaf_index, block.log_size, self.store.get_nodes)
+        return {
+            "tx_id": record.tx_id,
+            "leaf_index": record.leaf_index,
+            "tree_size": block.log_size,
+            "leaf_hash": leaf_hash(record.leaf).hex(),
+            "hashes": [h.hex() for h in hashes],
+            "checkpoint": block.checkpoint,
+        }
+
+    def consistency_proof(self, first: int, second: int) -> dict[str, Any]:
+        if not 0 < first <= second:
+            raise InvalidInput("need 0 < first <= second", field="first")
+        older = self._block_at_size(first)
+        newer = self._block_at_size(second)
+        hashes = consistency_proof(first, second, self.store.get_nodes)
+        return {
+            "first": first,
+            "second": second,
+            "hashes": [h.hex() for h in hashes],
+            "first_checkpoint": older.checkpoint,
+            "second_checkpoint": newer.checkpoint,
+        }
+
+    def verify(
+        self, *, checker: SignatureChecker | None = None, progress: Any = None
+    ) -> VerifyResult:
+        """Re-check the whole stored ledger from genesis (see ``core.verify``)."""
+        return verify_store(self.store, checker=checker or self.checker, progress=progress,
+                            genesis_hash=self.genesis_hash)
+
+
+def iter_store_blocks(
+    store: LedgerStore, start: int = 0, end: int | None = None
+) -> Iterator[tuple[BlockRecord, list[TxRecord]]]:
+    """Blocks with their transaction records, in order, streaming both tables."""
+    previous = store.get_block(start - 1) if start > 0 else None
+    prev_size = previous.log_size if previous is not None else 0
+    txs = store.iter_txs(prev_size)
+    for block in store.iter_blocks(start, end):
+        count = block.log_size - prev_size
+        if count < 0:
+            raise VerificationFailed(
+                f"block {block.height}: log_size goes backwards", height=block.height
+            )
+        records = []
+        for _ in range(count):
+            record = next(txs, None)
+            if record is None:
+                raise VerificationFailed(
+                    f"block {block.height}: the store is missing transactions",
+                    height=block.height,
+                )
+            records.append(record)
+        prev_size = block.log_size
+        yield block, records
+
+
+def _check_columns(block: BlockRecord, records: Sequence[TxRecord]) -> None:
+    """The store's index columns must say what the signed bytes say (a tampered column
+    would make queries lie even though the leaves verify)."""
+    header = Block.from_bytes(block.data).header
+    if (block.block_hash, block.log_size, block.log_root, block.time) != (
+        header.block_hash, header.log_size, header.log_root, header.time
+    ):
+        raise VerificationFailed(
+            f"block {block.height}: stored columns disagree with the signed block",
+            height=block.height,
+        )
+    first = header.log_size - len(records)
+    for i, record in enumerate(records):
+        stx = SignedTransaction.parse(record.leaf)
+        tx = stx.tx
+        expected = (stx.tx_id, first + i, block.height, tx.type, tx.actor, tx.subject.kind,
+                    tx.subject.id, tx.ts, tx.nonce)
+        stored = (record.tx_id, record.leaf_index, record.height, record.type, record.actor,
+                  record.subject_kind, record.subject_id, record.ts, record.nonce)
+        if expected != stored:
+            raise VerificationFailed(
+                f"block {block.height}: stored index columns of {record.tx_id} disagree with"
+                " its signed bytes",
+                height=block.height, tx_id=record.tx_id,
+            )
+
+
+def verify_store(
+    store: LedgerStore,
+    *,
+    checker: SignatureChecker | None = None,
+    progress: Any = None,
+    genesis_hash: str | None = None,
+) -> VerifyResult:
+    """Verify everything a store holds: the ledger (``core.verify``) and, once the signed
+    bytes are known good, that the index columns agree with them."""
+    fork_height = store.get_meta("fork_height")
+    verifier = LedgerVerifier(
+        genesis_hash=genesis_hash,
+        checker=checker,
+        fork_origin=store.get_meta("fork_origin"),
+        fork_height=int(fork_height) if fork_height is not None else None,
+    )
+    for block, records in iter_store_blocks(store):
+        verifier.add_block(block.data, [r.leaf for r in records], block.checkpoint)
+        _check_columns(block, records)
+        if progress is not None:
+            progress(block.height, block.log_size)
+    return verifier.result()

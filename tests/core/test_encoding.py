@@ -1,0 +1,74 @@
+"""The fast canonical path must be byte-identical to the rfc8785 reference."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from opsledger.core import InvalidInput, SignedTransaction, canonical, parse_json
+from opsledger.core.encoding import canonical_reference
+from opsledger.core.schemas import BODY_SCHEMAS
+from opsledger.testing.factories import make_tx, sample_bodies
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(), children, max_size=5),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_values)
+@example({"\ue000": 1, "\U0001f600": 2})  # code point vs UTF-16 order differ here
+@example({"a": 1e21, "b": 1.0, "c": -0.0})
+@example("\x00\x1f\x7f\u2028\\\"")
+@example(2**53 - 1)
+def test_fast_path_is_byte_identical_to_rfc8785(value: Any) -> None:
+    assert canonical(value) == canonical_reference(value)
+
+
+@pytest.mark.parametrize("tx_type", sorted(BODY_SCHEMAS))
+def test_every_schema_type_encodes_identically(tx_type: str) -> None:
+    stx = make_tx(tx_type, sample_bodies()[tx_type])
+    obj = stx.to_dict()
+    assert canonical(obj) == canonical_reference(obj) == stx.leaf
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(BODY_SCHEMAS)), st.dictionaries(st.text(min_size=1), json_scalars, max_size=4))
+def test_schema_bodies_with_extra_fields_encode_identically(tx_type: str, extra: dict[str, Any]) -> None:
+    body = {**extra, **sample_bodies()[tx_type]}
+    obj = make_tx(tx_type, body).to_dict()
+    assert canonical(obj) == canonical_reference(obj)
+
+
+def test_large_integers_are_refused() -> None:
+    with pytest.raises(InvalidInput):
+        canonical({"n": 2**60})
+
+
+def test_parse_refuses_duplicate_keys_and_constants() -> None:
+    with pytest.raises(InvalidInput, match="duplicate"):
+        parse_json('{"a": 1, "a": 2}')
+    with pytest.raises(InvalidInput):
+        parse_json('{"a": NaN}')
+    with pytest.raises(InvalidInput):
+        parse_json(b"\xff")
+
+
+def test_reencoding_any_spacing_gives_the_same_leaf() -> None:
+    stx = make_tx("note", {"text": "hello"})
+    spaced = json.dumps(stx.to_dict(), indent=2)
+    assert SignedTransaction.parse(spaced).leaf == stx.leaf
+    assert SignedTransaction.parse(spaced).tx_id == stx.tx_id
