@@ -112,6 +112,11 @@ def _split(note: str) -> tuple[str, list[NoteSignature]]:
 
 def parse_checkpoint(note: str) -> tuple[Checkpoint, list[NoteSignature]]:
     """Parse a signed checkpoint note without checking signatures."""
+    checkpoint, signatures, _ = _parse(note)
+    return checkpoint, signatures
+
+
+def _parse(note: str) -> tuple[Checkpoint, list[NoteSignature], str]:
     text, signatures = _split(note)
     lines = text[:-1].split("\n")
     if len(lines) < 3:
@@ -122,7 +127,10 @@ def parse_checkpoint(note: str) -> tuple[Checkpoint, list[NoteSignature]]:
     root = b64decode(root_text, field="root")
     if len(root) != 32:
         raise InvalidInput("checkpoint root must be 32 bytes")
-    return Checkpoint(origin, int(size_text), root, tuple(extensions)), signatures
+    checkpoint = Checkpoint(origin, int(size_text), root, tuple(extensions))
+    if checkpoint.text() != text:
+        raise InvalidInput("checkpoint text is not in its canonical form")
+    return checkpoint, signatures, text
 
 
 def open_checkpoint(
@@ -134,13 +142,13 @@ def open_checkpoint(
     """Parse and verify a checkpoint: at least one signature by a trusted signer must be
     valid and every signature claiming a trusted name and key hash must be valid.
     Signatures by unknown signers are ignored, as the signed-note spec requires."""
-    checkpoint, signatures = parse_checkpoint(note)
+    checkpoint, signatures, text_str = _parse(note)
     keys = dict(trusted.items() if isinstance(trusted, Mapping) else trusted)
     if origin is not None and checkpoint.origin != origin:
         raise VerificationFailed(
             "checkpoint is for another log", expected=origin, computed=checkpoint.origin
         )
-    text = checkpoint.text().encode()
+    text = text_str.encode()  # signatures cover the exact text received
     good = 0
     for sig in signatures:
         key = keys.get(sig.name)

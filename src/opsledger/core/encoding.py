@@ -122,8 +122,16 @@ def b64encode(data: bytes) -> str:
 
 
 def b64decode(text: str, *, field: str = "value") -> bytes:
-    """Strict standard base64 (with padding); a clear error names the field."""
+    """Strict, canonical standard base64 (with padding); a clear error names the field.
+
+    Non-canonical encodings (set padding bits) are refused: otherwise two different
+    strings would decode to the same signature or root, and tampering with those bits
+    would go unnoticed while changing the bytes that are hashed.
+    """
     try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
+        data = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
         raise InvalidInput(f"{field} is not valid base64", field=field) from exc
+    if base64.b64encode(data).decode("ascii") != text:
+        raise InvalidInput(f"{field} is not canonical base64", field=field)
+    return data

@@ -1,0 +1,38 @@
+"""Docs that cannot drift: the reference pages are checked against the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from opsledger.core import open_checkpoint, parse_vkey
+from opsledger.core.merkle import leaf_hash, root_of
+from opsledger.core.schemas import BODY_SCHEMAS
+
+ROOT = Path(__file__).resolve().parent.parent
+LEDGER_DOC = (ROOT / "docs" / "ledger.md").read_text()
+
+
+def test_worked_checkpoint_example_verifies() -> None:
+    block = LEDGER_DOC.split("<!-- worked-example:begin -->")[1].split("<!-- worked-example:end -->")[0]
+    note = block.strip().removeprefix("```").removesuffix("```").strip("\n") + "\n"
+    vkey = re.search(r"verifier\s+key `([^`]+)`", LEDGER_DOC)
+    assert vkey is not None
+    name, key = parse_vkey(vkey.group(1))
+    checkpoint = open_checkpoint(note, {name: key})
+    leaves = [b'{"example":1}', b'{"example":2}', b'{"example":3}']
+    assert checkpoint.size == 3
+    assert checkpoint.root == root_of([leaf_hash(leaf) for leaf in leaves])
+    assert key.b64 in LEDGER_DOC
+
+
+def test_every_transaction_type_is_documented() -> None:
+    import subprocess
+    import sys
+
+    doc = (ROOT / "docs" / "transactions.md").read_text()
+    for tx_type in BODY_SCHEMAS:
+        assert f"## `{tx_type}`" in doc, f"{tx_type} has no entry in docs/transactions.md"
+    check = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_transactions_doc.py"), "--check"],
+                           check=False)
+    assert check.returncode == 0, "docs/transactions.md is stale: run scripts/gen_transactions_doc.py"
