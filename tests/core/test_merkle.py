@@ -531,6 +531,10 @@ def test_proof_error_carries_details() -> None:
     assert caught.value.details["root"] == "first"
     assert caught.value.details["computed"] == ROOTS[3].hex()
 
+    assert len(cproof) == 4
+    with pytest.raises(ProofError, match="from size 3 to 7 must have 4 hashes, got 5"):
+        verify_consistency(3, 7, ROOTS[3], ROOTS[7], [*cproof, SOME_HASH])
+
     with pytest.raises(ProofError, match="larger than second"):
         verify_consistency(7, 3, ROOTS[7], ROOTS[3], cproof)
 
@@ -566,7 +570,7 @@ entry_lists = st.integers(min_value=1, max_value=300).flatmap(
 seeds = st.integers(min_value=0, max_value=2**32)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(entries=entry_lists)
 @example(entries=LEAVES)
 @example(entries=[b""] * 300)  # identical leaves: every sibling pair hashes alike
@@ -592,7 +596,7 @@ def test_roots_after_every_append_match_reference(entries: list[bytes]) -> None:
     assert rebuilt.root() == tree.mth()
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(entries=entry_lists, size_seed=seeds)
 @example(entries=LEAVES, size_seed=7)
 @example(entries=[b""] * 300, size_seed=299)
@@ -612,7 +616,7 @@ def test_every_inclusion_proof_matches_reference(entries: list[bytes], size_seed
         verify_inclusion(index, size, leaf, proof, root)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(entries=entry_lists, size_seed=seeds)
 @example(entries=LEAVES, size_seed=7)
 @example(entries=[b""] * 300, size_seed=299)
@@ -633,7 +637,7 @@ def test_every_consistency_proof_matches_reference(entries: list[bytes], size_se
 # -- hypothesis: every corruption fails, exactly as the RFC's algorithm says -------------
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     size=st.integers(min_value=1, max_value=300),
     salt=st.binary(max_size=3),
@@ -690,7 +694,7 @@ def test_inclusion_rejects_every_corruption(
         assert accepted == ref.verify_inclusion(index, other_size, leaf, proof, root)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     size=st.integers(min_value=2, max_value=300),
     salt=st.binary(max_size=3),

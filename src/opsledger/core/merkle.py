@@ -78,6 +78,7 @@ NodeGetter = Callable[[Sequence[NodeId]], Sequence[bytes]]
 _LEAF_PREFIX: Final = b"\x00"
 _NODE_PREFIX: Final = b"\x01"
 _sha256 = hashlib.sha256
+_BYTES_TYPES: Final = (bytes, bytearray)
 
 
 # -- hashing ------------------------------------------------------------------------------
@@ -183,19 +184,23 @@ def _fetch(plan: Sequence[Sequence[NodeId]], get_nodes: NodeGetter) -> list[byte
             requested=len(ids),
             returned=len(hashes),
         )
+    checked: list[bytes] = []
     for node_id, value in zip(ids, hashes, strict=True):
-        if not isinstance(value, bytes | bytearray) or len(value) != HASH_SIZE:
+        if not isinstance(value, _BYTES_TYPES) or len(value) != HASH_SIZE:
             raise StorageError(
                 f"node getter returned a malformed hash for node {node_id}",
                 level=node_id[0],
                 index=node_id[1],
             )
+        checked.append(value if type(value) is bytes else bytes(value))
     result: list[bytes] = []
     position = 0
     for group in plan:
-        chunk = [bytes(value) for value in hashes[position : position + len(group)]]
-        position += len(group)
-        result.append(_fold_right(chunk))
+        end = position + len(group)
+        result.append(
+            checked[position] if end == position + 1 else _fold_right(checked[position:end])
+        )
+        position = end
     return result
 
 
