@@ -164,7 +164,9 @@ def open_checkpoint(
 
 def format_vkey(name: str, public_key: PublicKey) -> str:
     _check_name(name)
-    return f"{name}+{note_key_hash(name, public_key).hex()}+{b64encode(ED25519_ALG + public_key.raw)}"
+    return (
+        f"{name}+{note_key_hash(name, public_key).hex()}+{b64encode(ED25519_ALG + public_key.raw)}"
+    )
 
 
 def parse_vkey(vkey: str) -> tuple[str, PublicKey]:

@@ -23,8 +23,8 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "Conflict",
     "ConfigError",
+    "Conflict",
     "InvalidInput",
     "NotFound",
     "OpsledgerError",

@@ -92,9 +92,7 @@ BODY_SCHEMAS: dict[str, dict[str, Any]] = {
         {
             "digest": _digest,
             "scanner": _str,
-            "findings": _obj(
-                {"critical": _count, "high": _count, "medium": _count, "low": _count}
-            ),
+            "findings": _obj({"critical": _count, "high": _count, "medium": _count, "low": _count}),
         }
     ),
     "approval.granted": _obj({"digest": _digest, "release": _str}),
@@ -127,7 +125,9 @@ BODY_SCHEMAS: dict[str, dict[str, Any]] = {
         {"contract": _str, "objective": _str, "period": _str, "measured": _str, "target": _str}
     ),
     "job.started": _obj({"run": _str, "job": _str}),
-    "job.finished": _obj({"run": _str, "job": _str, "status": _status, "exit_code": {"type": "integer"}}),
+    "job.finished": _obj(
+        {"run": _str, "job": _str, "status": _status, "exit_code": {"type": "integer"}}
+    ),
     "contract.deployed": _obj(
         {"name": _name, "version": _count, "source": _text, "digest": _digest}
     ),
@@ -234,7 +234,8 @@ def transaction_schema(tx_type: str) -> dict[str, Any]:
 
 @cache
 def _validator(tx_type: str) -> Callable[[Any], Any]:
-    return fastjsonschema.compile(transaction_schema(tx_type))  # type: ignore[no-any-return]
+    validator: Callable[[Any], Any] = fastjsonschema.compile(transaction_schema(tx_type))
+    return validator
 
 
 _envelope_validator = fastjsonschema.compile(envelope_schema())

@@ -91,21 +91,53 @@ class Transaction:
         return canonical(self.to_dict())
 
 
+def _assemble(obj: dict[str, Any], sig: str | None) -> bytes:
+    """RFC 8785 bytes of a schema-valid transaction object, built field by field.
+
+    The envelope has a fixed set of keys, so their sorted order is known, and the schema
+    restricts ``actor``, ``key_id``, ``ts``, ``type``, ``refs`` and ``sig`` to characters that
+    need no escaping: only ``body`` and ``subject.id`` need the general encoder. This is one
+    canonical pass instead of two (with and without ``sig``) and is several times faster;
+    ``tests/core/test_encoding.py`` proves it byte-identical to ``rfc8785`` for every type.
+    Call it only on objects that passed ``validate_transaction``.
+    """
+    refs = ",".join(f'"{ref}"' for ref in obj["refs"])
+    subject = obj["subject"]
+    head = (
+        f'{{"actor":"{obj["actor"]}","body":'.encode()
+        + canonical(obj["body"])
+        + f',"key_id":"{obj["key_id"]}","nonce":{obj["nonce"]},"refs":[{refs}]'.encode()
+    )
+    sig_part = f',"sig":"{sig}"'.encode() if sig is not None else b""
+    tail = (
+        b',"subject":{"id":'
+        + canonical(subject["id"])
+        + f',"kind":"{subject["kind"]}"}},"ts":"{obj["ts"]}","type":"{obj["type"]}","v":{obj["v"]}}}'.encode()
+    )
+    return head + sig_part + tail
+
+
 @dataclass(frozen=True, slots=True)
 class SignedTransaction:
-    """A signed transaction with its canonical leaf bytes and id."""
+    """A signed transaction with its canonical leaf bytes, id and signed message."""
 
     tx: Transaction
     sig: bytes
     leaf: bytes = field(repr=False)
     tx_id: str
+    signing: bytes = field(repr=False, default=b"")
 
     @property
     def leaf_hash(self) -> bytes:
         return leaf_hash(self.leaf)
 
+    @property
+    def message(self) -> bytes:
+        """The canonical unsigned transaction: what the signature covers after DOMAIN_TX."""
+        return self.signing or self.tx.signing_bytes()
+
     def verify_signature(self, public_key: PublicKey) -> bool:
-        return public_key.verify(DOMAIN_TX, self.tx.signing_bytes(), self.sig)
+        return public_key.verify(DOMAIN_TX, self.message, self.sig)
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.tx.to_dict(), "sig": b64encode(self.sig)}
@@ -136,8 +168,9 @@ class SignedTransaction:
             refs=tuple(obj["refs"]),
             v=obj["v"],
         )
-        leaf = canonical(obj)
-        return cls(tx=tx, sig=b64decode(obj["sig"], field="sig"), leaf=leaf, tx_id=sha256_hex(leaf))
+        sig = b64decode(obj["sig"], field="sig")
+        leaf = _assemble(obj, obj["sig"])
+        return cls(tx=tx, sig=sig, leaf=leaf, tx_id=sha256_hex(leaf), signing=_assemble(obj, None))
 
 
 def sign_transaction(tx: Transaction, key: PrivateKey) -> SignedTransaction:
@@ -146,10 +179,10 @@ def sign_transaction(tx: Transaction, key: PrivateKey) -> SignedTransaction:
         raise InvalidInput("key_id does not match the signing key", field="key_id")
     obj = tx.to_dict()
     validate_transaction(obj)
-    sig = key.sign(DOMAIN_TX, canonical(obj))
-    obj["sig"] = b64encode(sig)
-    leaf = canonical(obj)
-    return SignedTransaction(tx=tx, sig=sig, leaf=leaf, tx_id=sha256_hex(leaf))
+    message = _assemble(obj, None)
+    sig = key.sign(DOMAIN_TX, message)
+    leaf = _assemble(obj, b64encode(sig))
+    return SignedTransaction(tx=tx, sig=sig, leaf=leaf, tx_id=sha256_hex(leaf), signing=message)
 
 
 @dataclass(frozen=True, slots=True)

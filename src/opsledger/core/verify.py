@@ -99,20 +99,32 @@ class LedgerVerifier:
             raise VerificationFailed(f"block {height} is malformed: {exc}", height=height) from exc
         header = block.header
         if header.height != height:
-            raise _fail(height, "block height out of order", expected=height, computed=header.height)
+            raise _fail(
+                height, "block height out of order", expected=height, computed=header.height
+            )
         if header.prev_hash != self._prev_hash:
             raise _fail(
-                height, "prev_hash does not link to the previous block",
-                expected=self._prev_hash, computed=header.prev_hash,
+                height,
+                "prev_hash does not link to the previous block",
+                expected=self._prev_hash,
+                computed=header.prev_hash,
             )
         if header.time < self._prev_time:
-            raise _fail(height, "block time goes backwards", expected=f">= {self._prev_time}",
-                        computed=header.time)
+            raise _fail(
+                height,
+                "block time goes backwards",
+                expected=f">= {self._prev_time}",
+                computed=header.time,
+            )
         if height == 0:
             self._genesis_hash = block.block_hash
             if self._pinned_genesis and self._pinned_genesis != self._genesis_hash:
-                raise _fail(0, "genesis does not match the pinned ledger id",
-                            expected=self._pinned_genesis, computed=self._genesis_hash)
+                raise _fail(
+                    0,
+                    "genesis does not match the pinned ledger id",
+                    expected=self._pinned_genesis,
+                    computed=self._genesis_hash,
+                )
             self._origin = origin_for(self._genesis_hash)
         ids = [sha256_hex(leaf) for leaf in leaves]
         if list(header.tx_ids) != ids:
@@ -121,7 +133,8 @@ class LedgerVerifier:
                 min(len(ids), len(header.tx_ids)),
             )
             raise _fail(
-                height, "transaction bytes do not match the block's tx ids",
+                height,
+                "transaction bytes do not match the block's tx ids",
                 tx_id=header.tx_ids[bad] if bad < len(header.tx_ids) else None,
                 expected=header.tx_ids[bad] if bad < len(header.tx_ids) else None,
                 computed=ids[bad] if bad < len(ids) else None,
@@ -129,24 +142,39 @@ class LedgerVerifier:
         hashes = [leaf_hash(leaf) for leaf in leaves]
         tx_root = root_of(hashes).hex()
         if header.tx_root != tx_root:
-            raise _fail(height, "tx_root does not match the block's transactions",
-                        expected=header.tx_root, computed=tx_root)
+            raise _fail(
+                height,
+                "tx_root does not match the block's transactions",
+                expected=header.tx_root,
+                computed=tx_root,
+            )
         proposer_key = None if height == 0 else self._proposer_key(block)
         self._admit_all(height, leaves, ids)
         self._range.extend(hashes)
         if header.log_size != self._range.size:
-            raise _fail(height, "log_size is wrong", expected=self._range.size,
-                        computed=header.log_size)
+            raise _fail(
+                height, "log_size is wrong", expected=self._range.size, computed=header.log_size
+            )
         log_root = self._range.root().hex()
         if header.log_root != log_root:
-            raise _fail(height, "log_root does not match the global log",
-                        expected=header.log_root, computed=log_root)
+            raise _fail(
+                height,
+                "log_root does not match the global log",
+                expected=header.log_root,
+                computed=log_root,
+            )
         if proposer_key is None:
             proposer_key = self._proposer_key(block)
         if not block.verify_signature(proposer_key):
             raise _fail(height, f"block signature by {header.proposer} does not verify")
-        self._check_checkpoint(height, checkpoint, header.proposer, proposer_key,
-                               header.log_size, log_root)
+        self._check_checkpoint(
+            height,
+            checkpoint,
+            proposer=header.proposer,
+            key=proposer_key,
+            size=header.log_size,
+            root=log_root,
+        )
         self._height = height
         self._prev_hash = block.block_hash
         self._prev_time = header.time
@@ -157,9 +185,10 @@ class LedgerVerifier:
         actor = self.registry.actors.get(header.proposer)
         state = actor.keys.get(header.key_id) if actor else None
         if actor is None or state is None or not state.active or NODE_ROLE not in actor.roles:
-            raise _fail(header.height,
-                        f"proposer {header.proposer!r} is not a node with an active key "
-                        f"{header.key_id}")
+            raise _fail(
+                header.height,
+                f"proposer {header.proposer!r} is not a node with an active key {header.key_id}",
+            )
         return state.public_key
 
     def _admit_all(self, height: int, leaves: Sequence[bytes], ids: Sequence[str]) -> None:
@@ -180,7 +209,7 @@ class LedgerVerifier:
         for i, stx in enumerate(parsed):
             key = self.registry.known_key(stx.tx.key_id)
             if key is not None:
-                batch.append((key, DOMAIN_TX, stx.tx.signing_bytes(), stx.sig))
+                batch.append((key, DOMAIN_TX, stx.message, stx.sig))
                 positions.append(i)
         verified = [False] * len(parsed)
         for i, ok in zip(positions, self._checker.verify_many(batch), strict=True):
@@ -196,7 +225,7 @@ class LedgerVerifier:
                 raise _fail(height, f"transaction refused: {exc.message}", tx_id=ids[i]) from exc
 
     def _check_checkpoint(
-        self, height: int, note: str, proposer: str, key: PublicKey, size: int, root: str
+        self, height: int, note: str, *, proposer: str, key: PublicKey, size: int, root: str
     ) -> None:
         origin = self._origin
         if self._fork_origin and self._fork_height is not None and height > self._fork_height:
@@ -206,8 +235,12 @@ class LedgerVerifier:
         except OpsledgerError as exc:
             raise _fail(height, f"checkpoint is invalid: {exc.message}") from exc
         if checkpoint.size != size or checkpoint.root.hex() != root:
-            raise _fail(height, "checkpoint does not match the block",
-                        expected=f"{size} {root}", computed=f"{checkpoint.size} {checkpoint.root.hex()}")
+            raise _fail(
+                height,
+                "checkpoint does not match the block",
+                expected=f"{size} {root}",
+                computed=f"{checkpoint.size} {checkpoint.root.hex()}",
+            )
 
     def result(self) -> VerifyResult:
         if self._height < 0:

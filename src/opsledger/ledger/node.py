@@ -33,6 +33,7 @@ from opsledger.core import (
     NotFound,
     OpsledgerError,
     PrivateKey,
+    PublicKey,
     Receipt,
     Registry,
     SignatureChecker,
@@ -156,8 +157,16 @@ def create_genesis(
     for stx in txs:
         registry.admit(stx)
     record, tx_records, nodes, _ = _build_block(
-        height=0, prev_hash=GENESIS_PREV_HASH, prev_time="", txs=txs, tree=CompactRange.empty(),
-        first_leaf=0, node_name=node_name, node_key=node_key, clock=clock, origin=None,
+        height=0,
+        prev_hash=GENESIS_PREV_HASH,
+        prev_time="",
+        txs=txs,
+        tree=CompactRange.empty(),
+        first_leaf=0,
+        node_name=node_name,
+        node_key=node_key,
+        clock=clock,
+        origin=None,
     )
     store.append_block(record, tx_records, nodes, {admin_name: base + 1})
     store.set_meta("genesis_hash", record.block_hash)
@@ -221,7 +230,8 @@ class LedgerNode:
         if tree.root().hex() != head.log_root:
             raise StorageError(
                 "stored tree nodes do not match the head block's log root",
-                expected=head.log_root, computed=tree.root().hex(),
+                expected=head.log_root,
+                computed=tree.root().hex(),
             )
         with self._lock:
             self.registry = registry
@@ -283,28 +293,23 @@ class LedgerNode:
         """Admit many; verifies signatures in parallel batches (``checker``). Each item
         gets its receipt or its own error, in order."""
         prepared: list[Pending | OpsledgerError] = []
-        to_check: list[tuple[int, SignedTransaction]] = []
-        for i, item in enumerate(items):
+        checks: list[tuple[int, PublicKey, SignedTransaction]] = []
+        for position, raw in enumerate(items):
             try:
-                stx = item if isinstance(item, SignedTransaction) else SignedTransaction.parse(item)
+                stx = raw if isinstance(raw, SignedTransaction) else SignedTransaction.parse(raw)
             except OpsledgerError as exc:
                 prepared.append(exc)
                 continue
             prepared.append(Pending(stx))
-            if self.registry.known_key(stx.tx.key_id) is not None:
-                to_check.append((i, stx))
-        batch = []
-        for _, stx in to_check:
             key = self.registry.known_key(stx.tx.key_id)
-            assert key is not None  # noqa: S101 - checked just above
-            batch.append((key, DOMAIN_TX, stx.tx.signing_bytes(), stx.sig))
-        for (i, _), ok in zip(to_check, self.checker.verify_many(batch), strict=True):
-            item = prepared[i]
-            assert isinstance(item, Pending)  # noqa: S101
+            if key is not None:
+                checks.append((position, key, stx))
+        batch = [(key, DOMAIN_TX, stx.message, stx.sig) for _, key, stx in checks]
+        for (position, _, stx), ok in zip(checks, self.checker.verify_many(batch), strict=True):
             if ok:
-                item.signature_verified = True
+                prepared[position] = Pending(stx, signature_verified=True)
             else:
-                prepared[i] = InvalidInput("signature does not verify", field="sig")
+                prepared[position] = InvalidInput("signature does not verify", field="sig")
         pendings = [p for p in prepared if isinstance(p, Pending)]
         if pendings:
             self._orderer.submit(pendings)
@@ -334,17 +339,25 @@ class LedgerNode:
         if not accepted:
             return
         head = self._head
-        assert self._node_key is not None  # noqa: S101 - start() checked it
+        assert self._node_key is not None
         try:
             record, tx_records, nodes, tree = _build_block(
-                height=head.height + 1, prev_hash=head.block_hash, prev_time=head.time,
-                txs=[p.stx for p in accepted], tree=self._tree, first_leaf=head.log_size,
-                node_name=self.node_name, node_key=self._node_key, clock=self.clock,
+                height=head.height + 1,
+                prev_hash=head.block_hash,
+                prev_time=head.time,
+                txs=[p.stx for p in accepted],
+                tree=self._tree,
+                first_leaf=head.log_size,
+                node_name=self.node_name,
+                node_key=self._node_key,
+                clock=self.clock,
                 origin=self.checkpoint_origin,
             )
             self.store.append_block(record, tx_records, nodes, nonces)
         except BaseException as exc:
-            error = exc if isinstance(exc, OpsledgerError) else StorageError(f"commit failed: {exc}")
+            error = (
+                exc if isinstance(exc, OpsledgerError) else StorageError(f"commit failed: {exc}")
+            )
             for pending in accepted:
                 pending.future.set_exception(error)
             self._load_state()
@@ -368,8 +381,9 @@ class LedgerNode:
     def block(self, height: int) -> BlockRecord:
         record = self.store.get_block(height)
         if record is None:
-            raise NotFound(f"no block at height {height} (head is {self._head.height})",
-                           field="height")
+            raise NotFound(
+                f"no block at height {height} (head is {self._head.height})", field="height"
+            )
         return record
 
     def checkpoint(self, size: int | None = None) -> str:
@@ -424,8 +438,12 @@ class LedgerNode:
         self, *, checker: SignatureChecker | None = None, progress: Any = None
     ) -> VerifyResult:
         """Re-check the whole stored ledger from genesis (see ``core.verify``)."""
-        return verify_store(self.store, checker=checker or self.checker, progress=progress,
-                            genesis_hash=self.genesis_hash)
+        return verify_store(
+            self.store,
+            checker=checker or self.checker,
+            progress=progress,
+            genesis_hash=self.genesis_hash,
+        )
 
 
 def iter_store_blocks(
@@ -459,7 +477,10 @@ def _check_columns(block: BlockRecord, records: Sequence[TxRecord]) -> None:
     would make queries lie even though the leaves verify)."""
     header = Block.from_bytes(block.data).header
     if (block.block_hash, block.log_size, block.log_root, block.time) != (
-        header.block_hash, header.log_size, header.log_root, header.time
+        header.block_hash,
+        header.log_size,
+        header.log_root,
+        header.time,
     ):
         raise VerificationFailed(
             f"block {block.height}: stored columns disagree with the signed block",
@@ -469,15 +490,34 @@ def _check_columns(block: BlockRecord, records: Sequence[TxRecord]) -> None:
     for i, record in enumerate(records):
         stx = SignedTransaction.parse(record.leaf)
         tx = stx.tx
-        expected = (stx.tx_id, first + i, block.height, tx.type, tx.actor, tx.subject.kind,
-                    tx.subject.id, tx.ts, tx.nonce)
-        stored = (record.tx_id, record.leaf_index, record.height, record.type, record.actor,
-                  record.subject_kind, record.subject_id, record.ts, record.nonce)
+        expected = (
+            stx.tx_id,
+            first + i,
+            block.height,
+            tx.type,
+            tx.actor,
+            tx.subject.kind,
+            tx.subject.id,
+            tx.ts,
+            tx.nonce,
+        )
+        stored = (
+            record.tx_id,
+            record.leaf_index,
+            record.height,
+            record.type,
+            record.actor,
+            record.subject_kind,
+            record.subject_id,
+            record.ts,
+            record.nonce,
+        )
         if expected != stored:
             raise VerificationFailed(
                 f"block {block.height}: stored index columns of {record.tx_id} disagree with"
                 " its signed bytes",
-                height=block.height, tx_id=record.tx_id,
+                height=block.height,
+                tx_id=record.tx_id,
             )
 
 
