@@ -41,8 +41,14 @@ def render() -> str:
         out += [f"## `{tx_type}`", "", f"- required: {required}"]
         if optional:
             out.append("- optional: " + ", ".join(f"`{f}`" for f in optional))
-        out += [f"- written by: {writers(tx_type)}", "", "```json",
-                json.dumps(sample_bodies()[tx_type], sort_keys=True), "```", ""]
+        out += [
+            f"- written by: {writers(tx_type)}",
+            "",
+            "```json",
+            json.dumps(sample_bodies()[tx_type], sort_keys=True),
+            "```",
+            "",
+        ]
     return "\n".join(out)
 
 

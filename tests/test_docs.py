@@ -14,7 +14,9 @@ LEDGER_DOC = (ROOT / "docs" / "ledger.md").read_text()
 
 
 def test_worked_checkpoint_example_verifies() -> None:
-    block = LEDGER_DOC.split("<!-- worked-example:begin -->")[1].split("<!-- worked-example:end -->")[0]
+    block = LEDGER_DOC.split("<!-- worked-example:begin -->")[1].split(
+        "<!-- worked-example:end -->"
+    )[0]
     note = block.strip().removeprefix("```").removesuffix("```").strip("\n") + "\n"
     vkey = re.search(r"verifier\s+key `([^`]+)`", LEDGER_DOC)
     assert vkey is not None
@@ -33,6 +35,9 @@ def test_every_transaction_type_is_documented() -> None:
     doc = (ROOT / "docs" / "transactions.md").read_text()
     for tx_type in BODY_SCHEMAS:
         assert f"## `{tx_type}`" in doc, f"{tx_type} has no entry in docs/transactions.md"
-    check = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_transactions_doc.py"), "--check"],
-                           check=False)
-    assert check.returncode == 0, "docs/transactions.md is stale: run scripts/gen_transactions_doc.py"
+    check = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_transactions_doc.py"), "--check"], check=False
+    )
+    assert check.returncode == 0, (
+        "docs/transactions.md is stale: run scripts/gen_transactions_doc.py"
+    )

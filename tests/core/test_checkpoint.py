@@ -36,7 +36,11 @@ def test_note_bytes_follow_the_spec() -> None:
     assert lines[4].startswith("\u2014 node ")
     assert note.endswith("\n") and lines[5] == ""
     blob = base64.b64decode(lines[4].split(" ")[2])
-    assert blob[:4] == sha256(b"node\n\x01" + key.public_key.raw)[:4] == note_key_hash("node", key.public_key)
+    assert (
+        blob[:4]
+        == sha256(b"node\n\x01" + key.public_key.raw)[:4]
+        == note_key_hash("node", key.public_key)
+    )
     assert key.public_key.verify(b"", f"opsledger/abc\n42\n{lines[2]}\n".encode(), blob[4:])
 
 
@@ -67,10 +71,7 @@ def test_any_flipped_byte_is_caught(data: st.DataObject) -> None:
     except UnicodeDecodeError:
         return  # not even text: no reader would accept it
     with pytest.raises((VerificationFailed, InvalidInput)):
-        checkpoint = open_checkpoint(text, {"node": key.public_key}, origin="opsledger/abc")
-        # a flip that still verifies must not change what the checkpoint says
-        assert (checkpoint.size, checkpoint.root) != (7, ROOT)
-        raise AssertionError("tampered note verified")
+        open_checkpoint(text, {"node": key.public_key}, origin="opsledger/abc")
 
 
 def test_cosignatures_and_unknown_signers() -> None:
@@ -80,7 +81,9 @@ def test_cosignatures_and_unknown_signers() -> None:
     _, sigs = parse_checkpoint(cosigned)
     assert [s.name for s in sigs] == ["node", "witness"]
     assert open_checkpoint(cosigned, {"witness": witness.public_key}).size == 3
-    assert open_checkpoint(cosigned, {"node": node.public_key, "nobody": witness.public_key}).size == 3
+    assert (
+        open_checkpoint(cosigned, {"node": node.public_key, "nobody": witness.public_key}).size == 3
+    )
 
 
 def test_vkey_round_trip() -> None:
@@ -91,7 +94,9 @@ def test_vkey_round_trip() -> None:
         parse_vkey(vkey.replace("node+", "nodf+"))
 
 
-@pytest.mark.parametrize("bad", ["", "x\n1\n", "o\n01\nAAAA\n\n\u2014 n AAAAAAA=\n", "o\n1\nroot\n\nsig\n"])
+@pytest.mark.parametrize(
+    "bad", ["", "x\n1\n", "o\n01\nAAAA\n\n\u2014 n AAAAAAA=\n", "o\n1\nroot\n\nsig\n"]
+)
 def test_malformed_notes_are_refused(bad: str) -> None:
     with pytest.raises(InvalidInput):
         parse_checkpoint(bad)

@@ -22,7 +22,9 @@ def _genesis() -> Registry:
     return registry
 
 
-def _add(registry: Registry, actor: str, roles: list[str], nonce: int, key_name: str | None = None) -> None:
+def _add(
+    registry: Registry, actor: str, roles: list[str], nonce: int, key_name: str | None = None
+) -> None:
     key = key_for(key_name or actor)
     registry.admit(
         make_tx(
@@ -56,14 +58,40 @@ def test_roles_limit_types_and_note_is_open_to_all() -> None:
     _add(registry, "dev", ["developer"], 2)
     dev = key_for("dev")
     registry.admit(make_tx("note", {"text": "decision"}, actor="dev", key=dev, nonce=1))
-    registry.admit(make_tx("release.requested", {"service": "s", "version": "1",
-                   "digest": "sha256:" + "a" * 64, "commits": []}, actor="dev", key=dev, nonce=2))
-    with pytest.raises(PermissionDenied, match="may not write build.finished"):
-        registry.check(make_tx("build.finished", {"artifact": "a", "digest": "sha256:" + "a" * 64,
-                       "commit": "c", "status": "success"}, actor="dev", key=dev, nonce=3))
-    with pytest.raises(PermissionDenied, match="may not write identity.key_added"):
-        registry.check(make_tx("identity.key_added", {"actor": "x", "public_key": key_for("x").public_key.b64,
-                       "roles": ["admin"]}, actor="dev", key=dev, nonce=3))
+    registry.admit(
+        make_tx(
+            "release.requested",
+            {"service": "s", "version": "1", "digest": "sha256:" + "a" * 64, "commits": []},
+            actor="dev",
+            key=dev,
+            nonce=2,
+        )
+    )
+    with pytest.raises(PermissionDenied, match=r"may not write build.finished"):
+        registry.check(
+            make_tx(
+                "build.finished",
+                {
+                    "artifact": "a",
+                    "digest": "sha256:" + "a" * 64,
+                    "commit": "c",
+                    "status": "success",
+                },
+                actor="dev",
+                key=dev,
+                nonce=3,
+            )
+        )
+    with pytest.raises(PermissionDenied, match=r"may not write identity.key_added"):
+        registry.check(
+            make_tx(
+                "identity.key_added",
+                {"actor": "x", "public_key": key_for("x").public_key.b64, "roles": ["admin"]},
+                actor="dev",
+                key=dev,
+                nonce=3,
+            )
+        )
 
 
 def test_unknown_actor_and_foreign_key_are_refused() -> None:
@@ -96,8 +124,17 @@ def test_bad_signature_is_refused() -> None:
 def test_rotation_retires_the_old_key() -> None:
     registry = _genesis()
     _add(registry, "ci", ["ci"], 2)
-    registry.admit(make_tx("identity.key_rotated", {"actor": "ci", "old_key_id": key_for("ci").key_id,
-                   "public_key": key_for("ci2").public_key.b64}, nonce=3))
+    registry.admit(
+        make_tx(
+            "identity.key_rotated",
+            {
+                "actor": "ci",
+                "old_key_id": key_for("ci").key_id,
+                "public_key": key_for("ci2").public_key.b64,
+            },
+            nonce=3,
+        )
+    )
     with pytest.raises(PermissionDenied, match="rotated"):
         registry.check(make_tx("note", {"text": "x"}, actor="ci", key=key_for("ci"), nonce=10))
     registry.check(make_tx("note", {"text": "x"}, actor="ci", key=key_for("ci2"), nonce=10))
@@ -107,29 +144,58 @@ def test_revoked_key_signs_nothing_after() -> None:
     registry = _genesis()
     _add(registry, "ci", ["ci"], 2)
     registry.admit(make_tx("note", {"text": "before"}, actor="ci", key=key_for("ci"), nonce=1))
-    registry.admit(make_tx("identity.key_revoked", {"actor": "ci", "key_id": key_for("ci").key_id}, nonce=3))
+    registry.admit(
+        make_tx("identity.key_revoked", {"actor": "ci", "key_id": key_for("ci").key_id}, nonce=3)
+    )
     with pytest.raises(PermissionDenied, match="revoked"):
         registry.check(make_tx("note", {"text": "after"}, actor="ci", key=key_for("ci"), nonce=2))
     with pytest.raises(InvalidInput):
-        registry.check(make_tx("identity.key_revoked", {"actor": "ci", "key_id": key_for("ci").key_id}, nonce=4))
+        registry.check(
+            make_tx(
+                "identity.key_revoked", {"actor": "ci", "key_id": key_for("ci").key_id}, nonce=4
+            )
+        )
 
 
 def test_a_key_is_registered_once_and_roles_must_exist() -> None:
     registry = _genesis()
     _add(registry, "ci", ["ci"], 2)
     with pytest.raises(InvalidInput, match="already registered"):
-        registry.check(make_tx("identity.key_added", {"actor": "other", "public_key": key_for("ci").public_key.b64,
-                       "roles": ["ci"]}, nonce=3))
+        registry.check(
+            make_tx(
+                "identity.key_added",
+                {"actor": "other", "public_key": key_for("ci").public_key.b64, "roles": ["ci"]},
+                nonce=3,
+            )
+        )
     with pytest.raises(InvalidInput, match="unknown role"):
-        registry.check(make_tx("identity.key_added", {"actor": "q", "public_key": key_for("q").public_key.b64,
-                       "roles": ["wizard"]}, nonce=3))
+        registry.check(
+            make_tx(
+                "identity.key_added",
+                {"actor": "q", "public_key": key_for("q").public_key.b64, "roles": ["wizard"]},
+                nonce=3,
+            )
+        )
 
 
 def test_roles_are_ledger_data() -> None:
     registry = _genesis()
     registry.admit(make_tx("identity.role_defined", {"role": "qa", "types": ["test.*"]}, nonce=2))
     _add(registry, "tester", ["qa"], 3)
-    registry.check(make_tx("test.finished", {"digest": "sha256:" + "a" * 64, "suite": "s", "passed": 1,
-                   "failed": 0, "status": "success"}, actor="tester", key=key_for("tester"), nonce=1))
+    registry.check(
+        make_tx(
+            "test.finished",
+            {
+                "digest": "sha256:" + "a" * 64,
+                "suite": "s",
+                "passed": 1,
+                "failed": 0,
+                "status": "success",
+            },
+            actor="tester",
+            key=key_for("tester"),
+            nonce=1,
+        )
+    )
     with pytest.raises(InvalidInput):
         registry.check(make_tx("identity.role_defined", {"role": "admin", "types": []}, nonce=4))

@@ -83,7 +83,7 @@ def test_unknown_type_is_refused() -> None:
 
 
 def test_note_body_must_be_text() -> None:
-    with pytest.raises(SchemaError, match="body.text"):
+    with pytest.raises(SchemaError, match=r"body.text"):
         make_tx("note", {"text": 5})
 
 

@@ -31,21 +31,38 @@ def ledger_blocks(tmp_path_factory: pytest.TempPathFactory) -> Blocks:
     path = Path(tmp_path_factory.mktemp("verify")) / "ledger.db"
     store = SqliteStore(path)
     store.initialize()
-    create_genesis(store, admin_name="admin", admin_key=key_for("admin"), node_name="node",
-                   node_key=key_for("node"))
-    node = LedgerNode(store, node_key=key_for("node"),
-                      orderer=InProcessOrderer(max_batch=4, max_wait=0.0)).start()
+    create_genesis(
+        store,
+        admin_name="admin",
+        admin_key=key_for("admin"),
+        node_name="node",
+        node_key=key_for("node"),
+    )
+    node = LedgerNode(
+        store, node_key=key_for("node"), orderer=InProcessOrderer(max_batch=4, max_wait=0.0)
+    ).start()
     admin = Signer("admin", key_for("admin"))
     ci_key = key_for("ci")
-    node.submit(admin.sign("identity.key_added", Subject("actor", "ci"),
-                           {"actor": "ci", "public_key": ci_key.public_key.b64, "roles": ["ci"]}))
+    node.submit(
+        admin.sign(
+            "identity.key_added",
+            Subject("actor", "ci"),
+            {"actor": "ci", "public_key": ci_key.public_key.b64, "roles": ["ci"]},
+        )
+    )
     ci = Signer("ci", ci_key)
     for i in range(12):
-        node.submit(ci.sign("build.finished", Subject("artifact", digest(str(i))),
-                            {**sample_bodies()["build.finished"], "digest": digest(str(i))}))
+        node.submit(
+            ci.sign(
+                "build.finished",
+                Subject("artifact", digest(str(i))),
+                {**sample_bodies()["build.finished"], "digest": digest(str(i))},
+            )
+        )
     node.close()
-    blocks = [(b.data, [r.leaf for r in records], b.checkpoint)
-              for b, records in iter_store_blocks(store)]
+    blocks = [
+        (b.data, [r.leaf for r in records], b.checkpoint) for b, records in iter_store_blocks(store)
+    ]
     store.close()
     assert len(blocks) >= 5
     return blocks
@@ -142,8 +159,11 @@ def test_a_transaction_forged_for_an_actor_is_caught(ledger_blocks: Blocks) -> N
 
     blocks = _copy(ledger_blocks)
     mallory = Signer("ci", key_for("mallory"))
-    forged_leaf = mallory.sign("build.finished", Subject("artifact", digest("evil")),
-                               {**sample_bodies()["build.finished"], "digest": digest("evil")}).leaf
+    forged_leaf = mallory.sign(
+        "build.finished",
+        Subject("artifact", digest("evil")),
+        {**sample_bodies()["build.finished"], "digest": digest("evil")},
+    ).leaf
     # rebuild the last block around the forged leaf with the real node key (a node-key
     # compromise): only the identity rules can catch this one
     data, leaves, _ = blocks[-1]
@@ -154,17 +174,21 @@ def test_a_transaction_forged_for_an_actor_is_caught(ledger_blocks: Blocks) -> N
     header = Block.from_bytes(data).header
     from opsledger.core import sha256_hex
 
-    header = replace(header, tx_ids=tuple(sha256_hex(leaf) for leaf in leaves),
-                     tx_root=root_of([leaf_hash(leaf) for leaf in leaves]).hex(),
-                     log_root=tree.root().hex())
+    header = replace(
+        header,
+        tx_ids=tuple(sha256_hex(leaf) for leaf in leaves),
+        tx_root=root_of([leaf_hash(leaf) for leaf in leaves]).hex(),
+        log_root=tree.root().hex(),
+    )
     block = sign_block(header, key_for("node"))
     origin = Block.from_bytes(blocks[0][0]).block_hash
     from opsledger.core import origin_for
 
-    note = sign_checkpoint(Checkpoint(origin_for(origin), header.log_size, tree.root()), "node",
-                           key_for("node"))
+    note = sign_checkpoint(
+        Checkpoint(origin_for(origin), header.log_size, tree.root()), "node", key_for("node")
+    )
     blocks[-1] = (block.to_bytes(), leaves, note)
     assert canonical(Block.from_bytes(block.to_bytes()).to_dict()) == block.to_bytes()
-    with pytest.raises(VerificationFailed, match="does not belong|signature") as info:
+    with pytest.raises(VerificationFailed, match=r"does not belong|signature") as info:
         _verify(blocks)
     assert info.value.details["tx_id"] == sha256_hex(forged_leaf)

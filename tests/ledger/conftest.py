@@ -18,8 +18,13 @@ def db_path(tmp_path: Path) -> Path:
     path = tmp_path / "ledger.db"
     store = SqliteStore(path)
     store.initialize()
-    create_genesis(store, admin_name="admin", admin_key=key_for("admin"), node_name="node",
-                   node_key=key_for("node"))
+    create_genesis(
+        store,
+        admin_name="admin",
+        admin_key=key_for("admin"),
+        node_name="node",
+        node_key=key_for("node"),
+    )
     store.close()
     return path
 
@@ -27,8 +32,13 @@ def db_path(tmp_path: Path) -> Path:
 def open_node(path: Path) -> LedgerNode:
     store = SqliteStore(path)
     store.initialize()
-    return LedgerNode(store, node_key=key_for("node"), orderer=InProcessOrderer(max_batch=50, max_wait=0.002),
-                      checker=ThreadedSignatureChecker(), on_close=store.close).start()
+    return LedgerNode(
+        store,
+        node_key=key_for("node"),
+        orderer=InProcessOrderer(max_batch=50, max_wait=0.002),
+        checker=ThreadedSignatureChecker(),
+        on_close=store.close,
+    ).start()
 
 
 @pytest.fixture
@@ -45,6 +55,11 @@ def admin() -> Signer:
 
 def register(node: LedgerNode, admin: Signer, actor: str, roles: list[str]) -> Signer:
     key = key_for(actor)
-    node.submit(admin.sign("identity.key_added", Subject("actor", actor),
-                           {"actor": actor, "public_key": key.public_key.b64, "roles": roles}))
+    node.submit(
+        admin.sign(
+            "identity.key_added",
+            Subject("actor", actor),
+            {"actor": actor, "public_key": key.public_key.b64, "roles": roles},
+        )
+    )
     return Signer(actor, key)

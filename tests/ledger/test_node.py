@@ -78,8 +78,13 @@ def test_proofs_verify_against_signed_checkpoints(node: LedgerNode, admin: Signe
         proof = node.inclusion_proof(receipt.tx_id)
         size, root = _root_of(proof["checkpoint"])
         assert size == proof["tree_size"] == node.head.log_size
-        verify_inclusion(proof["leaf_index"], size, bytes.fromhex(proof["leaf_hash"]),
-                         [bytes.fromhex(h) for h in proof["hashes"]], root)
+        verify_inclusion(
+            proof["leaf_index"],
+            size,
+            bytes.fromhex(proof["leaf_hash"]),
+            [bytes.fromhex(h) for h in proof["hashes"]],
+            root,
+        )
         sizes.append(size)
     early = node.store.get_block(1)
     assert early is not None
@@ -88,14 +93,21 @@ def test_proofs_verify_against_signed_checkpoints(node: LedgerNode, admin: Signe
     consistency = node.consistency_proof(early.log_size, node.head.log_size)
     first_size, first_root = _root_of(consistency["first_checkpoint"])
     second_size, second_root = _root_of(consistency["second_checkpoint"])
-    verify_consistency(first_size, second_size, first_root, second_root,
-                       [bytes.fromhex(h) for h in consistency["hashes"]])
+    verify_consistency(
+        first_size,
+        second_size,
+        first_root,
+        second_root,
+        [bytes.fromhex(h) for h in consistency["hashes"]],
+    )
 
 
 def test_restart_restores_registry_nonces_and_tree(db_path: Path, admin: Signer) -> None:
     node = open_node(db_path)
     ci = register(node, admin, "ci", ["ci"])
-    stx = ci.sign("build.finished", Subject("artifact", digest("a")), sample_bodies()["build.finished"])
+    stx = ci.sign(
+        "build.finished", Subject("artifact", digest("a")), sample_bodies()["build.finished"]
+    )
     node.submit(stx)
     head = node.head
     node.close()
@@ -104,8 +116,11 @@ def test_restart_restores_registry_nonces_and_tree(db_path: Path, admin: Signer)
         assert again.head == head
         with pytest.raises(ReplayRejected):
             again.submit(stx)
-        receipt = again.submit(ci.sign("test.finished", Subject("artifact", digest("a")),
-                                       sample_bodies()["test.finished"]))
+        receipt = again.submit(
+            ci.sign(
+                "test.finished", Subject("artifact", digest("a")), sample_bodies()["test.finished"]
+            )
+        )
         assert receipt.leaf_index == head.log_size
         assert verify_store(again.store).log_size == head.log_size + 1
     finally:
@@ -119,8 +134,11 @@ def test_many_writers_never_fork_or_reuse_a_leaf(node: LedgerNode, admin: Signer
 
     def write(signer: Signer) -> None:
         for j in range(40):
-            r = node.submit(signer.sign("alert.fired", Subject("node", "a"),
-                                        {"alert": f"a{j}", "severity": "warning"}))
+            r = node.submit(
+                signer.sign(
+                    "alert.fired", Subject("node", "a"), {"alert": f"a{j}", "severity": "warning"}
+                )
+            )
             with lock:
                 receipts.append(r)
 
@@ -139,10 +157,14 @@ def test_many_writers_never_fork_or_reuse_a_leaf(node: LedgerNode, admin: Signer
 def test_queries_use_the_indexed_filters(node: LedgerNode, admin: Signer) -> None:
     ci = register(node, admin, "ci", ["ci"])
     d = digest("shop")
-    node.submit(ci.sign("build.finished", Subject("artifact", d), sample_bodies()["build.finished"]))
+    node.submit(
+        ci.sign("build.finished", Subject("artifact", d), sample_bodies()["build.finished"])
+    )
     node.submit(ci.sign("test.finished", Subject("artifact", d), sample_bodies()["test.finished"]))
     node.submit(admin.sign("note", NOTE, {"text": "x"}))
     assert [r.type for r in node.query(TxQuery(subject_kind="artifact", subject_id=d))] == [
-        "build.finished", "test.finished"]
+        "build.finished",
+        "test.finished",
+    ]
     assert [r.type for r in node.query(TxQuery(type="build.*"))] == ["build.finished"]
     assert len(node.query(TxQuery(actor="ci"))) == 2

@@ -87,8 +87,14 @@ class Home:
         write_key(key_path(self.keys_dir, admin), admin_key)
         write_key(key_path(self.keys_dir, node), node_key)
         write_config(self.config_path, config)
-        return {"home": str(self.path), "genesis_hash": genesis, "admin": admin, "node": node,
-                "admin_key_id": admin_key.key_id, "node_key_id": node_key.key_id}
+        return {
+            "home": str(self.path),
+            "genesis_hash": genesis,
+            "admin": admin,
+            "node": node,
+            "admin_key_id": admin_key.key_id,
+            "node_key_id": node_key.key_id,
+        }
 
     # -- keys --
     def write_key(self, actor: str, key: PrivateKey, *, overwrite: bool = False) -> Path:
@@ -118,8 +124,9 @@ class Home:
         finally:
             st.close()
 
-    def open_node(self, *, writable: bool = True, checker: SignatureChecker | None = None
-                  ) -> LedgerNode:
+    def open_node(
+        self, *, writable: bool = True, checker: SignatureChecker | None = None
+    ) -> LedgerNode:
         """Open the node; ``writable`` takes the writer lock and starts the committer."""
         config = self.config()
         lock = self._take_lock() if writable else None
@@ -154,8 +161,7 @@ class Home:
         except BlockingIOError:
             handle.close()
             raise ConfigError(
-                f"another opsledger process is writing {self.path}"
-                " (is `opsledger serve` running?)"
+                f"another opsledger process is writing {self.path} (is `opsledger serve` running?)"
             ) from None
         return handle
 
@@ -188,4 +194,3 @@ class Home:
         from opsledger.client.local import LocalClient
 
         return LocalClient(self.open_node())
-

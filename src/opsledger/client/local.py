@@ -75,8 +75,9 @@ class LocalClient:
         return block_view(self.node.block(height))
 
     def head(self) -> dict[str, Any]:
-        return head_view(self.node.head, origin=self.node.origin,
-                         genesis_hash=self.node.genesis_hash)
+        return head_view(
+            self.node.head, origin=self.node.origin, genesis_hash=self.node.genesis_hash
+        )
 
     def checkpoint(self, size: int | None = None) -> str:
         return self.node.checkpoint(size)

@@ -112,7 +112,8 @@ def _assemble(obj: dict[str, Any], sig: str | None) -> bytes:
     tail = (
         b',"subject":{"id":'
         + canonical(subject["id"])
-        + f',"kind":"{subject["kind"]}"}},"ts":"{obj["ts"]}","type":"{obj["type"]}","v":{obj["v"]}}}'.encode()
+        + f',"kind":"{subject["kind"]}"}},"ts":"{obj["ts"]}",'.encode()
+        + f'"type":"{obj["type"]}","v":{obj["v"]}}}'.encode()
     )
     return head + sig_part + tail
 

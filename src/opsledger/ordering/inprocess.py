@@ -64,7 +64,7 @@ class InProcessOrderer:
             return [self._queue.popleft() for _ in range(count)]
 
     def _run(self) -> None:
-        assert self._deliver is not None  # noqa: S101 - set by start()
+        assert self._deliver is not None
         while (batch := self._next_batch()) is not None:
             try:
                 self._deliver(batch)
