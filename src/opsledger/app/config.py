@@ -24,7 +24,7 @@ _API_KEYS = {"listen"}
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    store: str
+    store: str | None = None  # None: ledger.db inside the home (see Home.config)
     node: str = "node"
     admin: str = "admin"
     block_max_txs: int = 2000
@@ -32,9 +32,10 @@ class Config:
     listen: str = "127.0.0.1:8700"
 
     def to_yaml(self) -> dict[str, Any]:
+        ledger: dict[str, Any] = {"store": self.store} if self.store else {}
         return {
             "ledger": {
-                "store": self.store,
+                **ledger,
                 "node": self.node,
                 "admin": self.admin,
                 "block_max_txs": self.block_max_txs,
@@ -54,7 +55,9 @@ def _section(data: dict[str, Any], name: str, allowed: set[str], path: Path) -> 
     return section
 
 
-def load_config(path: Path, default_store: str) -> Config:
+def load_config(path: Path) -> Config:
+    """Read ``path`` (missing: all defaults). A relative SQLite path stays relative here;
+    ``Home.config`` resolves it against the home, so a copied home opens its own copy."""
     data: dict[str, Any] = {}
     if path.exists():
         try:
@@ -68,7 +71,7 @@ def load_config(path: Path, default_store: str) -> Config:
     api = _section(data, "api", _API_KEYS, path)
     try:
         config = Config(
-            store=str(os.environ.get("OPSLEDGER_STORE") or ledger.get("store") or default_store),
+            store=os.environ.get("OPSLEDGER_STORE") or ledger.get("store") or None,
             node=str(ledger.get("node", "node")),
             admin=str(ledger.get("admin", "admin")),
             block_max_txs=int(ledger.get("block_max_txs", 2000)),

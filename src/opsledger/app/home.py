@@ -15,6 +15,7 @@ it, other commands talk to that server over HTTP instead of opening the store.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -66,10 +67,21 @@ class Home:
     def config(self) -> Config:
         if not self.exists():
             raise NotFound(f"no ledger at {self.path}: run `opsledger init` first")
-        return load_config(self.config_path, self.default_store())
+        config = load_config(self.config_path)
+        return dataclasses.replace(config, store=self.resolve_store(config.store))
 
     def default_store(self) -> str:
-        return f"sqlite:///{(self.path / 'ledger.db').resolve()}"
+        return self.resolve_store(None)
+
+    def resolve_store(self, store: str | None) -> str:
+        """The store URL with the default (``ledger.db`` in the home) and relative SQLite
+        paths resolved against the home directory, never the working directory."""
+        if not store:
+            return f"sqlite:///{(self.path / 'ledger.db').resolve()}"
+        if store.startswith("sqlite:///") and not store.startswith("sqlite:////"):
+            relative = store.removeprefix("sqlite:///")
+            return f"sqlite:///{(self.path / relative).resolve()}"
+        return store
 
     # -- creation --
     def init(
@@ -78,9 +90,10 @@ class Home:
         if self.exists():
             raise InvalidInput(f"{self.path} already holds a ledger")
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        config = Config(store=store or self.default_store(), node=node, admin=admin)
+        config = Config(store=store, node=node, admin=admin)
         admin_key, node_key = PrivateKey.generate(), PrivateKey.generate()
-        with self.open_store(config) as st:
+        resolved = dataclasses.replace(config, store=self.resolve_store(store))
+        with self.open_store(resolved) as st:
             genesis = create_genesis(
                 st, admin_name=admin, admin_key=admin_key, node_name=node, node_key=node_key
             )
@@ -118,7 +131,9 @@ class Home:
     # -- opening --
     @contextlib.contextmanager
     def open_store(self, config: Config | None = None) -> Any:
-        st: LedgerStore = open_store((config or self.config()).store)
+        url = (config or self.config()).store
+        assert url is not None  # Home.config resolves the default  # noqa: S101
+        st: LedgerStore = open_store(url)
         try:
             yield st
         finally:
@@ -130,7 +145,7 @@ class Home:
         """Open the node; ``writable`` takes the writer lock and starts the committer."""
         config = self.config()
         lock = self._take_lock() if writable else None
-        store = open_store(config.store)
+        store = open_store(self.resolve_store(config.store))
 
         def release() -> None:
             store.close()

@@ -18,7 +18,6 @@ from urllib.parse import unquote
 
 from opsledger.core.errors import ConfigError
 from opsledger.store.base import LedgerStore
-from opsledger.store.postgres import PostgresStore
 from opsledger.store.sqlite import SqliteStore
 
 __all__ = ["open_store"]
@@ -38,7 +37,7 @@ def open_store(url: str) -> LedgerStore:
     return store
 
 
-def _make_store(url: str) -> SqliteStore | PostgresStore:
+def _make_store(url: str) -> LedgerStore:
     text = url.strip()
     if not text:
         raise ConfigError("the store URL is empty", key="store")
@@ -55,6 +54,9 @@ def _make_store(url: str) -> SqliteStore | PostgresStore:
         return SqliteStore(text[len(_SQLITE_PREFIX) :])
     if scheme in _POSTGRES_SCHEMES:
         dsn, schema = _split_schema(text)
+        # imported here: psycopg costs ~0.2 s of start-up that SQLite users never need
+        from opsledger.store.postgres import PostgresStore
+
         return PostgresStore(dsn) if schema is None else PostgresStore(dsn, schema=schema)
     raise ConfigError(
         f"unsupported store URL scheme {scheme!r} (use sqlite:/// or postgresql://)",
