@@ -10,9 +10,7 @@ import pytest
 import opsledger
 
 PACKAGES = sorted(
-    name
-    for _, name, is_pkg in pkgutil.walk_packages(opsledger.__path__, "opsledger.")
-    if is_pkg
+    name for _, name, is_pkg in pkgutil.walk_packages(opsledger.__path__, "opsledger.") if is_pkg
 )
 
 
@@ -31,7 +29,9 @@ def test_package_declares_all(name: str) -> None:
         and getattr(value, "__module__", "").startswith(name)
         and not isinstance(value, type(opsledger))
     }
-    assert public <= set(exported), f"{name} exposes unlisted names {sorted(public - set(exported))}"
+    assert public <= set(exported), (
+        f"{name} exposes unlisted names {sorted(public - set(exported))}"
+    )
 
 
 def test_core_packages_are_listed() -> None:

@@ -1,15 +1,23 @@
 """The composition root: reads configuration and builds stores, nodes and clients."""
 
+from opsledger.app.bundle import export_bundle, verify_bundle, verify_home_store
 from opsledger.app.config import Config, load_config
 from opsledger.app.home import Home, default_home
-from opsledger.app.keys import load_key, load_key_from_env, write_key
+from opsledger.app.keys import key_path, load_key, load_key_from_env, write_key
+from opsledger.app.snapshot import fork_home, import_bundle
 
 __all__ = [
     "Config",
     "Home",
     "default_home",
+    "export_bundle",
+    "fork_home",
+    "import_bundle",
+    "key_path",
     "load_config",
     "load_key",
     "load_key_from_env",
+    "verify_bundle",
+    "verify_home_store",
     "write_key",
 ]

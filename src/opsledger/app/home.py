@@ -19,6 +19,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -89,14 +90,20 @@ class Home:
     ) -> dict[str, Any]:
         if self.exists():
             raise InvalidInput(f"{self.path} already holds a ledger")
+        created = not self.path.exists()
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         config = Config(store=store, node=node, admin=admin)
         admin_key, node_key = PrivateKey.generate(), PrivateKey.generate()
         resolved = dataclasses.replace(config, store=self.resolve_store(store))
-        with self.open_store(resolved) as st:
-            genesis = create_genesis(
-                st, admin_name=admin, admin_key=admin_key, node_name=node, node_key=node_key
-            )
+        try:
+            with self.open_store(resolved) as st:
+                genesis = create_genesis(
+                    st, admin_name=admin, admin_key=admin_key, node_name=node, node_key=node_key
+                )
+        except BaseException:
+            if created:  # leave nothing behind for a bad --store
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
         write_key(key_path(self.keys_dir, admin), admin_key)
         write_key(key_path(self.keys_dir, node), node_key)
         write_config(self.config_path, config)
@@ -132,7 +139,7 @@ class Home:
     @contextlib.contextmanager
     def open_store(self, config: Config | None = None) -> Any:
         url = (config or self.config()).store
-        assert url is not None  # Home.config resolves the default  # noqa: S101
+        assert url is not None  # Home.config resolves the default
         st: LedgerStore = open_store(url)
         try:
             yield st
@@ -146,9 +153,12 @@ class Home:
         config = self.config()
         lock = self._take_lock() if writable else None
         store = open_store(self.resolve_store(config.store))
+        own_checker = checker or ThreadedSignatureChecker()
 
         def release() -> None:
             store.close()
+            if isinstance(own_checker, ThreadedSignatureChecker) and checker is None:
+                own_checker.close()
             if lock is not None:
                 lock.close()
 
@@ -159,7 +169,7 @@ class Home:
                 orderer=InProcessOrderer(
                     max_batch=config.block_max_txs, max_wait=config.block_max_wait_ms / 1000
                 ),
-                checker=checker or ThreadedSignatureChecker(),
+                checker=own_checker,
                 on_close=release,
             )
         except BaseException:

@@ -46,7 +46,12 @@ from opsledger.core.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from opsledger.core.schemas import transaction_schema, transaction_types, validate_transaction
+from opsledger.core.schemas import (
+    envelope_schema,
+    transaction_schema,
+    transaction_types,
+    validate_transaction,
+)
 from opsledger.core.tx import (
     Receipt,
     SignedTransaction,
@@ -96,6 +101,7 @@ __all__ = [
     "b64encode",
     "canonical",
     "consistency_proof",
+    "envelope_schema",
     "format_ts",
     "format_vkey",
     "inclusion_proof",

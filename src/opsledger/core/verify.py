@@ -91,12 +91,18 @@ class LedgerVerifier:
     def registry_snapshot(self) -> Registry:
         return self.registry
 
-    def add_block(self, block_bytes: bytes, leaves: Sequence[bytes], checkpoint: str) -> None:
+    def add_block(
+        self, block_bytes: bytes, leaves: Sequence[bytes], checkpoint: str
+    ) -> list[SignedTransaction]:
+        """Verify the next block; return its parsed transactions (callers that need them,
+        such as the store's column check, then never parse a leaf twice)."""
         height = self._height + 1
         try:
             block = Block.from_bytes(block_bytes)
         except OpsledgerError as exc:
             raise VerificationFailed(f"block {height} is malformed: {exc}", height=height) from exc
+        if block.to_bytes() != block_bytes:
+            raise _fail(height, "block bytes are not canonical")
         header = block.header
         if header.height != height:
             raise _fail(
@@ -149,7 +155,7 @@ class LedgerVerifier:
                 computed=tx_root,
             )
         proposer_key = None if height == 0 else self._proposer_key(block)
-        self._admit_all(height, leaves, ids)
+        parsed = self._admit_all(height, leaves, ids)
         self._range.extend(hashes)
         if header.log_size != self._range.size:
             raise _fail(
@@ -179,6 +185,7 @@ class LedgerVerifier:
         self._prev_hash = block.block_hash
         self._prev_time = header.time
         self._transactions += len(leaves)
+        return parsed
 
     def _proposer_key(self, block: Block) -> PublicKey:
         header = block.header
@@ -191,7 +198,9 @@ class LedgerVerifier:
             )
         return state.public_key
 
-    def _admit_all(self, height: int, leaves: Sequence[bytes], ids: Sequence[str]) -> None:
+    def _admit_all(
+        self, height: int, leaves: Sequence[bytes], ids: Sequence[str]
+    ) -> list[SignedTransaction]:
         parsed: list[SignedTransaction] = []
         for leaf, tx_id in zip(leaves, ids, strict=True):
             try:
@@ -223,6 +232,7 @@ class LedgerVerifier:
                 self.registry.admit(stx, signature_verified=verified[i])
             except OpsledgerError as exc:
                 raise _fail(height, f"transaction refused: {exc.message}", tx_id=ids[i]) from exc
+        return parsed
 
     def _check_checkpoint(
         self, height: int, note: str, *, proposer: str, key: PublicKey, size: int, root: str

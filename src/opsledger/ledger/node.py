@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from opsledger.core import (
@@ -32,6 +33,7 @@ from opsledger.core import (
     LedgerVerifier,
     NotFound,
     OpsledgerError,
+    PermissionDenied,
     PrivateKey,
     PublicKey,
     Receipt,
@@ -240,6 +242,12 @@ class LedgerNode:
 
     @property
     def head(self) -> BlockRecord:
+        """The latest durable block. A read-only node (never started) re-reads it from
+        the store, so a long-lived reader beside a writer process is never stale."""
+        if not self._started:
+            current = self.store.head()
+            if current is not None and current.height > self._head.height:
+                self._head = current
         return self._head
 
     def start(self) -> LedgerNode:
@@ -273,7 +281,7 @@ class LedgerNode:
         verified = False
         if key is not None:
             if not stx.verify_signature(key):
-                raise InvalidInput("signature does not verify", field="sig")
+                raise PermissionDenied("signature does not verify", field="sig")
             verified = True
         return Pending(stx, signature_verified=verified)
 
@@ -284,7 +292,13 @@ class LedgerNode:
 
     def submit(self, data: bytes | str | SignedTransaction, timeout: float = 30.0) -> Receipt:
         """Admit one transaction and wait until its block is durable."""
-        result: Receipt = self.submit_async(data).result(timeout)
+        future = self.submit_async(data)
+        try:
+            result: Receipt = future.result(timeout)
+        except FutureTimeout:
+            raise StorageError(
+                f"not acknowledged within {timeout:g} s: the block is not known to be durable"
+            ) from None
         return result
 
     def submit_many(
@@ -309,7 +323,7 @@ class LedgerNode:
             if ok:
                 prepared[position] = Pending(stx, signature_verified=True)
             else:
-                prepared[position] = InvalidInput("signature does not verify", field="sig")
+                prepared[position] = PermissionDenied("signature does not verify", field="sig")
         pendings = [p for p in prepared if isinstance(p, Pending)]
         if pendings:
             self._orderer.submit(pendings)
@@ -322,12 +336,16 @@ class LedgerNode:
                 results.append(p.future.result(timeout))
             except OpsledgerError as exc:
                 results.append(exc)
+            except FutureTimeout:
+                results.append(StorageError(f"not acknowledged within {timeout:g} s"))
         return results
 
     def _deliver(self, batch: Sequence[Pending]) -> None:
         accepted: list[Pending] = []
         nonces: dict[str, int] = {}
         for pending in batch:
+            if not pending.future.set_running_or_notify_cancel():
+                continue  # the writer gave up before ordering: nothing to write
             try:
                 self.registry.check(pending.stx, signature_verified=pending.signature_verified)
             except OpsledgerError as exc:
@@ -404,6 +422,9 @@ class LedgerNode:
     def inclusion_proof(self, tx_id: str, size: int | None = None) -> dict[str, Any]:
         record = self.get_tx(tx_id)
         block = self._block_at_size(size)
+        if size is None and record.leaf_index >= block.log_size:
+            # stored a moment ago, before this node swapped its head: use the store's head
+            block = self.store.head() or block
         if record.leaf_index >= block.log_size:
             raise InvalidInput(
                 f"transaction {tx_id} (leaf {record.leaf_index}) is not in the tree of size"
@@ -472,7 +493,9 @@ def iter_store_blocks(
         yield block, records
 
 
-def _check_columns(block: BlockRecord, records: Sequence[TxRecord]) -> None:
+def _check_columns(
+    block: BlockRecord, records: Sequence[TxRecord], parsed: Sequence[SignedTransaction]
+) -> None:
     """The store's index columns must say what the signed bytes say (a tampered column
     would make queries lie even though the leaves verify)."""
     header = Block.from_bytes(block.data).header
@@ -487,8 +510,7 @@ def _check_columns(block: BlockRecord, records: Sequence[TxRecord]) -> None:
             height=block.height,
         )
     first = header.log_size - len(records)
-    for i, record in enumerate(records):
-        stx = SignedTransaction.parse(record.leaf)
+    for i, (record, stx) in enumerate(zip(records, parsed, strict=True)):
         tx = stx.tx
         expected = (
             stx.tx_id,
@@ -538,8 +560,15 @@ def verify_store(
         fork_height=int(fork_height) if fork_height is not None else None,
     )
     for block, records in iter_store_blocks(store):
-        verifier.add_block(block.data, [r.leaf for r in records], block.checkpoint)
-        _check_columns(block, records)
+        try:
+            parsed = verifier.add_block(block.data, [r.leaf for r in records], block.checkpoint)
+            _check_columns(block, records, parsed)
+        except OpsledgerError:
+            raise
+        except (TypeError, ValueError, AttributeError) as exc:  # a column of the wrong kind
+            raise VerificationFailed(
+                f"block {block.height}: stored data is malformed: {exc}", height=block.height
+            ) from exc
         if progress is not None:
             progress(block.height, block.log_size)
     return verifier.result()

@@ -12,6 +12,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
+from opsledger.core import StorageError
 from opsledger.ordering.base import Deliver, Pending
 
 __all__ = ["InProcessOrderer"]
@@ -36,7 +37,7 @@ class InProcessOrderer:
     def submit(self, items: Sequence[Pending]) -> None:
         with self._cond:
             if self._stopping or self._thread is None:
-                raise RuntimeError("orderer is not running")
+                raise StorageError("the ledger node is not running: nothing was written")
             self._queue.extend(items)
             self._cond.notify()
 
