@@ -41,3 +41,26 @@ def test_every_transaction_type_is_documented() -> None:
     assert check.returncode == 0, (
         "docs/transactions.md is stale: run scripts/gen_transactions_doc.py"
     )
+
+
+def test_cli_reference_is_current() -> None:
+    import subprocess
+    import sys
+
+    check = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_cli_doc.py"), "--check"], check=False
+    )
+    assert check.returncode == 0, "docs/cli.md is stale: run scripts/gen_cli_doc.py"
+
+
+def test_every_api_route_is_documented_and_nothing_else() -> None:
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from opsledger.api import create_app
+
+    document = create_app(cast(Any, SimpleNamespace(node=SimpleNamespace()))).openapi()
+    api_doc = (ROOT / "docs" / "api.md").read_text()
+    served = {(method.upper(), path) for path, ops in document["paths"].items() for method in ops}
+    documented = set(re.findall(r"^\| `([A-Z]+)` \| `([^`]+)` \|", api_doc, re.MULTILINE))
+    assert served == documented
