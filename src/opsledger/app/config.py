@@ -16,7 +16,7 @@ import yaml
 
 from opsledger.core import ConfigError
 
-__all__ = ["Config", "load_config", "write_config"]
+__all__ = ["Config", "load_config", "load_section", "write_config"]
 
 _LEDGER_KEYS = {"store", "node", "admin", "block_max_txs", "block_max_wait_ms"}
 _API_KEYS = {"listen"}
@@ -87,3 +87,23 @@ def load_config(path: Path) -> Config:
 
 def write_config(path: Path, config: Config) -> None:
     path.write_text(yaml.safe_dump(config.to_yaml(), sort_keys=False))
+
+
+def load_section(path: Path, name: str) -> dict[str, Any]:
+    """The raw mapping of one top-level section of ``opsledger.yaml`` (empty if absent).
+
+    Each service validates its own section with clear errors naming ``name.key``; this
+    only reads the file and checks that the section is a mapping.
+    """
+    if not path.exists():
+        return {}
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    section = loaded.get(name) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: {name} must be a mapping", key=name)
+    return section
