@@ -49,7 +49,7 @@ def _no_key_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def home(tmp_path: Path) -> Home:
     home = Home(tmp_path / "h")
-    home.init()
+    home.init(builtin_contracts=False)
     return home
 
 
@@ -188,7 +188,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server per test module over a fresh home (starting one takes ~0.5 s)."""
     base = tmp_path_factory.mktemp("served")
     home = Home(base / "h")
-    home.init()
+    home.init(builtin_contracts=False)
     server = ServerProcess(home, base / "server.log").start()
     yield server
     server.kill()

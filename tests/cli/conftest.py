@@ -77,7 +77,7 @@ def fails(home: Path | None, *args: str, code: int = 2, **kwargs: Any) -> str:
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     path = tmp_path / "home"
-    ok(path, "init")
+    ok(path, "init", "--no-contracts")
     return path
 
 
@@ -92,7 +92,7 @@ class Ledger:
 
 def build_ledger(path: Path, blocks: int = 4, per_block: int = 5) -> Ledger:
     home = Home(path)
-    info = home.init()
+    info = home.init(builtin_contracts=False)
     client = LocalClient(home.open_node())
     signer = home.signer()
     heights: dict[str, int] = {}

@@ -17,12 +17,19 @@ def test_init_prints_home_ledger_id_and_admin(tmp_path: Path) -> None:
     assert "alice" in result.stdout
     info = ok_json(tmp_path / "h", "head")
     assert info["genesis_hash"] in result.stdout
-    assert info["height"] == 0
+    assert "release-gate@1, sla@1" in result.stdout
+    deployed = [
+        json.loads(line)["transaction"]["body"]["name"]
+        for line in ok(
+            tmp_path / "h", "log", "--type", "contract.deployed", "--json"
+        ).stdout.splitlines()
+    ]
+    assert deployed == ["release-gate", "sla"]
 
 
 def test_init_json_shape(tmp_path: Path) -> None:
     info = ok_json(tmp_path / "h", "init", "--admin", "alice")
-    assert {"home", "genesis_hash", "admin", "node"} <= set(info)
+    assert {"home", "genesis_hash", "admin", "node", "contracts"} <= set(info)
     assert info["admin"] == "alice"
     assert len(info["genesis_hash"]) == 64
     key_file = tmp_path / "h" / "keys" / "alice.key"

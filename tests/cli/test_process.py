@@ -37,7 +37,7 @@ def _run(*args: str, home: Path, stdin: str | None = None) -> subprocess.Complet
 
 def test_exit_codes_and_pure_stdout(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    init = _run("init", "--json", home=home)
+    init = _run("init", "--no-contracts", "--json", home=home)
     assert init.returncode == 0, init.stderr
     info = json.loads(init.stdout)
     assert init.stderr == ""
@@ -136,7 +136,7 @@ def test_serve_then_commands_go_through_it(tmp_path: Path) -> None:
     """``opsledger serve`` holds the writer lock; other commands reach it over HTTP
     (``keys list`` then takes the path for clients without a local registry)."""
     home = tmp_path / "home"
-    ok(home, "init")
+    ok(home, "init", "--no-contracts")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSLEDGER_")}
     log = tmp_path / "serve.log"
     with log.open("wb") as sink:

@@ -20,13 +20,16 @@ import fcntl
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from opsledger.app.contracts import deploy_builtins
 from opsledger.app.config import Config, load_config, write_config
 from opsledger.app.keys import key_path, load_key, load_key_from_env, write_key
 from opsledger.client.base import LedgerClient, Signer
+from opsledger.client.local import LocalClient
 from opsledger.core import (
     ConfigError,
     InvalidInput,
@@ -35,7 +38,7 @@ from opsledger.core import (
     SignatureChecker,
     ThreadedSignatureChecker,
 )
-from opsledger.ledger import LedgerNode, create_genesis
+from opsledger.ledger import ContractRule, ContractRunner, LedgerNode, create_genesis
 from opsledger.ordering import InProcessOrderer
 from opsledger.store import LedgerStore, open_store
 
@@ -86,8 +89,15 @@ class Home:
 
     # -- creation --
     def init(
-        self, *, admin: str = "admin", node: str = "node", store: str | None = None
+        self,
+        *,
+        admin: str = "admin",
+        node: str = "node",
+        store: str | None = None,
+        builtin_contracts: bool = True,
     ) -> dict[str, Any]:
+        """Create the home: keys, config, genesis, and (by default) the built-in contracts
+        deployed with their defaults by the admin."""
         if self.exists():
             raise InvalidInput(f"{self.path} already holds a ledger")
         created = not self.path.exists()
@@ -107,6 +117,13 @@ class Home:
         write_key(key_path(self.keys_dir, admin), admin_key)
         write_key(key_path(self.keys_dir, node), node_key)
         write_config(self.config_path, config)
+        contracts: list[dict[str, Any]] = []
+        if builtin_contracts:
+            ledger_node = self.open_node()
+            try:
+                contracts = deploy_builtins(LocalClient(ledger_node), Signer(admin, admin_key))
+            finally:
+                ledger_node.close()
         return {
             "home": str(self.path),
             "genesis_hash": genesis,
@@ -114,6 +131,7 @@ class Home:
             "node": node,
             "admin_key_id": admin_key.key_id,
             "node_key_id": node_key.key_id,
+            "contracts": contracts,
         }
 
     # -- keys --
@@ -162,10 +180,12 @@ class Home:
             if lock is not None:
                 lock.close()
 
+        contracts = ContractRule()
         try:
             node = LedgerNode(
                 store,
                 node_key=self.load_key(config.node) if writable else None,
+                rules=[contracts],
                 orderer=InProcessOrderer(
                     max_batch=config.block_max_txs, max_wait=config.block_max_wait_ms / 1000
                 ),
@@ -177,18 +197,28 @@ class Home:
             raise
         if writable:
             node.start()
+            node_key = self.load_key(config.node)
+            runner = ContractRunner(node, contracts, Signer(config.node, node_key))
+            node.attach(runner.start())
         return node
 
-    def _take_lock(self) -> IO[str]:
+    def _take_lock(self, wait: float = 10.0) -> IO[str]:
+        """Take the writer lock, waiting up to ``wait`` seconds: two CLI writers started
+        together take turns instead of one failing. A running server fails fast."""
         handle = (self.path / "node.lock").open("a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise ConfigError(
-                f"another opsledger process is writing {self.path} (is `opsledger serve` running?)"
-            ) from None
-        return handle
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return handle
+            except BlockingIOError:
+                if time.monotonic() >= deadline or self.server_url():
+                    handle.close()
+                    raise ConfigError(
+                        f"another opsledger process is writing {self.path}"
+                        " (is `opsledger serve` running?)"
+                    ) from None
+                time.sleep(0.05)
 
     def server_url(self) -> str | None:
         """The URL of a running ``opsledger serve`` for this home, if its lock is held."""

@@ -33,10 +33,11 @@ DEFAULT_ROLES: dict[str, tuple[str, ...]] = {
     "developer": ("code.pushed", "release.requested"),
     "ci": ("code.pushed", "build.*", "test.*", "scan.*", "job.*", "deploy.*"),
     "release-manager": ("approval.granted", "release.*"),
-    "operator": ("deploy.*", "access.*", "alert.*", "incident.*"),
+    "operator": ("deploy.*", "access.*", "alert.*", "incident.*", "slo.*"),
     "node": (
         "contract.verdict",
         "sla.violation",
+        "slo.*",
         "alert.*",
         "incident.*",
         "gateway.*",

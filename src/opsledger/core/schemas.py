@@ -124,6 +124,20 @@ BODY_SCHEMAS: dict[str, dict[str, Any]] = {
     "sla.violation": _obj(
         {"contract": _str, "objective": _str, "period": _str, "measured": _str, "target": _str}
     ),
+    "slo.reported": _obj(
+        {
+            "service": _str,
+            "window_start": {"type": "string", "pattern": TS_PATTERN},
+            "window_end": {"type": "string", "pattern": TS_PATTERN},
+            "total": _count,
+            "good": _count,
+        },
+        {
+            "latency_p95_ms": {"type": "number", "minimum": 0},
+            "latency_p99_ms": {"type": "number", "minimum": 0},
+            "source": _str,
+        },
+    ),
     "job.started": _obj({"run": _str, "job": _str}),
     "job.finished": _obj(
         {"run": _str, "job": _str, "status": _status, "exit_code": {"type": "integer"}}

@@ -16,21 +16,20 @@ reloads its in-memory state (registry, tree edge, head) from the store.
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import Any, Protocol
 
 from opsledger.core import (
     GENESIS_PREV_HASH,
-    Block,
     BlockHeader,
     Checkpoint,
     Clock,
     CompactRange,
     InvalidInput,
-    LedgerVerifier,
     NotFound,
     OpsledgerError,
     PermissionDenied,
@@ -44,7 +43,6 @@ from opsledger.core import (
     Subject,
     SystemClock,
     Transaction,
-    VerificationFailed,
     VerifyResult,
     consistency_proof,
     format_ts,
@@ -57,10 +55,49 @@ from opsledger.core import (
     sign_transaction,
 )
 from opsledger.core.crypto import DOMAIN_TX
+from opsledger.ledger.verify import verify_store
 from opsledger.ordering import InProcessOrderer, Orderer, Pending
 from opsledger.store import BlockRecord, LedgerStore, TxQuery, TxRecord
 
-__all__ = ["LedgerNode", "Receipt", "create_genesis"]
+__all__ = [
+    "AdmissionRule",
+    "CommitListener",
+    "LedgerNode",
+    "Receipt",
+    "Service",
+    "create_genesis",
+]
+
+
+class AdmissionRule(Protocol):
+    """A rule beyond identity, applied in log order at admission (and again by verify):
+    ``check`` raises to refuse and may return a token that ``apply`` receives."""
+
+    def check(self, stx: SignedTransaction) -> Any: ...
+
+    def apply(self, stx: SignedTransaction, leaf_index: int, token: Any) -> None: ...
+
+    def load(self, store: LedgerStore) -> None:
+        """Rebuild the rule's state from the store (at start and after a failed commit)."""
+
+
+CommitListener = Callable[[BlockRecord, list[TxRecord]], None]
+
+
+class Service(Protocol):
+    """Something that runs beside a node (the contract runner) and stops before it."""
+
+    def stop(self) -> None: ...
+
+
+def _guarded(listener: CommitListener) -> CommitListener:
+    def call(block: BlockRecord, records: list[TxRecord]) -> None:
+        try:
+            listener(block, records)
+        except Exception:  # a listener's failure must never reach the writers
+            logging.getLogger(__name__).exception("commit listener failed at %d", block.height)
+
+    return call
 
 
 def _tx_record(stx: SignedTransaction, leaf_index: int, height: int) -> TxRecord:
@@ -189,9 +226,13 @@ class LedgerNode:
         orderer: Orderer | None = None,
         checker: SignatureChecker | None = None,
         on_close: Callable[[], None] | None = None,
+        rules: Sequence[AdmissionRule] = (),
     ) -> None:
         self.store = store
         self._on_close = on_close
+        self.rules = tuple(rules)
+        self._listeners: list[CommitListener] = []
+        self.services: list[Service] = []
         self.clock = clock or SystemClock()
         self.checker = checker or SignatureChecker()
         genesis = store.get_meta("genesis_hash")
@@ -235,6 +276,8 @@ class LedgerNode:
                 expected=head.log_root,
                 computed=tree.root().hex(),
             )
+        for rule in self.rules:
+            rule.load(self.store)
         with self._lock:
             self.registry = registry
             self._tree = tree
@@ -258,8 +301,15 @@ class LedgerNode:
             self._started = True
         return self
 
+    def attach(self, service: Service) -> None:
+        """Run ``service`` with this node: it is stopped before the node closes."""
+        self.services.append(service)
+
     def close(self) -> None:
-        """Stop the committer after it wrote what is queued; then run ``on_close``."""
+        """Stop attached services, then the committer after it wrote what is queued;
+        then run ``on_close``."""
+        while self.services:
+            self.services.pop().stop()
         if self._started:
             self._orderer.stop()
             self._started = False
@@ -351,7 +401,15 @@ class LedgerNode:
             except OpsledgerError as exc:
                 pending.future.set_exception(exc)
                 continue
+            try:
+                tokens = [rule.check(pending.stx) for rule in self.rules]
+            except OpsledgerError as exc:
+                pending.future.set_exception(exc)
+                continue
             self.registry.apply(pending.stx)
+            leaf_index = self._head.log_size + len(accepted)
+            for rule, token in zip(self.rules, tokens, strict=True):
+                rule.apply(pending.stx, leaf_index, token)
             nonces[pending.stx.tx.actor] = pending.stx.tx.nonce
             accepted.append(pending)
         if not accepted:
@@ -385,6 +443,13 @@ class LedgerNode:
             self._head = record
         for pending, tx in zip(accepted, tx_records, strict=True):
             pending.future.set_result(Receipt(tx.tx_id, tx.height, tx.leaf_index))
+        for listener in self._listeners:
+            listener(record, tx_records)
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Called in the committer thread after each durable block: keep it quick (queue
+        the work); an exception there is logged, never fails the writers."""
+        self._listeners.append(_guarded(listener))
 
     # -- reads --
     def get_tx(self, tx_id: str) -> TxRecord:
@@ -465,110 +530,3 @@ class LedgerNode:
             progress=progress,
             genesis_hash=self.genesis_hash,
         )
-
-
-def iter_store_blocks(
-    store: LedgerStore, start: int = 0, end: int | None = None
-) -> Iterator[tuple[BlockRecord, list[TxRecord]]]:
-    """Blocks with their transaction records, in order, streaming both tables."""
-    previous = store.get_block(start - 1) if start > 0 else None
-    prev_size = previous.log_size if previous is not None else 0
-    txs = store.iter_txs(prev_size)
-    for block in store.iter_blocks(start, end):
-        count = block.log_size - prev_size
-        if count < 0:
-            raise VerificationFailed(
-                f"block {block.height}: log_size goes backwards", height=block.height
-            )
-        records = []
-        for _ in range(count):
-            record = next(txs, None)
-            if record is None:
-                raise VerificationFailed(
-                    f"block {block.height}: the store is missing transactions",
-                    height=block.height,
-                )
-            records.append(record)
-        prev_size = block.log_size
-        yield block, records
-
-
-def _check_columns(
-    block: BlockRecord, records: Sequence[TxRecord], parsed: Sequence[SignedTransaction]
-) -> None:
-    """The store's index columns must say what the signed bytes say (a tampered column
-    would make queries lie even though the leaves verify)."""
-    header = Block.from_bytes(block.data).header
-    if (block.block_hash, block.log_size, block.log_root, block.time) != (
-        header.block_hash,
-        header.log_size,
-        header.log_root,
-        header.time,
-    ):
-        raise VerificationFailed(
-            f"block {block.height}: stored columns disagree with the signed block",
-            height=block.height,
-        )
-    first = header.log_size - len(records)
-    for i, (record, stx) in enumerate(zip(records, parsed, strict=True)):
-        tx = stx.tx
-        expected = (
-            stx.tx_id,
-            first + i,
-            block.height,
-            tx.type,
-            tx.actor,
-            tx.subject.kind,
-            tx.subject.id,
-            tx.ts,
-            tx.nonce,
-        )
-        stored = (
-            record.tx_id,
-            record.leaf_index,
-            record.height,
-            record.type,
-            record.actor,
-            record.subject_kind,
-            record.subject_id,
-            record.ts,
-            record.nonce,
-        )
-        if expected != stored:
-            raise VerificationFailed(
-                f"block {block.height}: stored index columns of {record.tx_id} disagree with"
-                " its signed bytes",
-                height=block.height,
-                tx_id=record.tx_id,
-            )
-
-
-def verify_store(
-    store: LedgerStore,
-    *,
-    checker: SignatureChecker | None = None,
-    progress: Any = None,
-    genesis_hash: str | None = None,
-) -> VerifyResult:
-    """Verify everything a store holds: the ledger (``core.verify``) and, once the signed
-    bytes are known good, that the index columns agree with them."""
-    fork_height = store.get_meta("fork_height")
-    verifier = LedgerVerifier(
-        genesis_hash=genesis_hash,
-        checker=checker,
-        fork_origin=store.get_meta("fork_origin"),
-        fork_height=int(fork_height) if fork_height is not None else None,
-    )
-    for block, records in iter_store_blocks(store):
-        try:
-            parsed = verifier.add_block(block.data, [r.leaf for r in records], block.checkpoint)
-            _check_columns(block, records, parsed)
-        except OpsledgerError:
-            raise
-        except (TypeError, ValueError, AttributeError) as exc:  # a column of the wrong kind
-            raise VerificationFailed(
-                f"block {block.height}: stored data is malformed: {exc}", height=block.height
-            ) from exc
-        if progress is not None:
-            progress(block.height, block.log_size)
-    return verifier.result()

@@ -115,6 +115,14 @@ def sample_bodies() -> dict[str, dict[str, Any]]:
             "measured": "99.2%",
             "target": "99.9%",
         },
+        "slo.reported": {
+            "service": "rpc",
+            "window_start": "2026-11-01T00:00:00.000Z",
+            "window_end": "2026-12-01T00:00:00.000Z",
+            "total": 100000,
+            "good": 99950,
+            "latency_p95_ms": 180,
+        },
         "job.started": {"run": "r1", "job": "compile"},
         "job.finished": {"run": "r1", "job": "compile", "status": "success", "exit_code": 0},
         "contract.deployed": {

@@ -1,0 +1,231 @@
+"""Contracts on a node: the deployment rule, evidence from the store, and the runner that
+evaluates every trigger after its block is durable and records the verdict.
+
+Determinism: evidence is only what lies at or before the trigger's leaf, the time is the
+trigger's block time, and an actor's roles are fixed when the actor is registered (the
+registry has no way to change them), so ``verify`` re-executes every verdict from the
+store alone and must reach the same body.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from opsledger.contracts import ContractBook, Evaluation, evaluate, evidence_item
+from opsledger.core import (
+    OpsledgerError,
+    Registry,
+    SignedTransaction,
+    Subject,
+    parse_json,
+)
+from opsledger.store import BlockRecord, LedgerStore, TxQuery, TxRecord
+
+__all__ = [
+    "ContractRule",
+    "ContractRunner",
+    "StoreEvidence",
+    "VerdictListener",
+    "evaluate_trigger",
+    "load_book",
+]
+
+log = logging.getLogger(__name__)
+PAGE = 1000
+
+
+def load_book(store: LedgerStore) -> ContractBook:
+    """Every deployment in log order (each was checked when it was admitted)."""
+    book = ContractBook()
+    after: int | None = None
+    while True:
+        page = store.query_txs(TxQuery(type="contract.deployed", after=after, limit=PAGE))
+        for record in page:
+            book.apply(SignedTransaction.parse(record.leaf), record.leaf_index)
+        if len(page) < PAGE:
+            return book
+        after = page[-1].leaf_index
+
+
+class ContractRule:
+    """The node's admission rule for ``contract.deployed`` (see ``ContractBook.check``)."""
+
+    def __init__(self) -> None:
+        self.book = ContractBook()
+
+    def check(self, stx: SignedTransaction) -> Any:
+        return self.book.check(stx)
+
+    def apply(self, stx: SignedTransaction, leaf_index: int, token: Any) -> None:
+        self.book.apply(stx, leaf_index, token)
+
+    def load(self, store: LedgerStore) -> None:
+        self.book = load_book(store)
+
+
+class StoreEvidence:
+    """``EvidenceSource`` over a store: indexed, bounded, newest first."""
+
+    def __init__(self, store: LedgerStore, registry: Registry) -> None:
+        self.store = store
+        self.registry = registry
+
+    def item(self, record: TxRecord) -> dict[str, Any]:
+        actor = self.registry.actors.get(record.actor)
+        return evidence_item(
+            tx_id=record.tx_id,
+            leaf_index=record.leaf_index,
+            tx=parse_json(record.leaf),
+            roles=actor.roles if actor is not None else (),
+        )
+
+    def find(
+        self, *, tx_type: str, subject: tuple[str, str] | None, before_leaf: int, limit: int
+    ) -> list[dict[str, Any]]:
+        records = self.store.query_txs(
+            TxQuery(
+                type=tx_type,
+                subject_kind=subject[0] if subject else None,
+                subject_id=subject[1] if subject else None,
+                after=before_leaf,
+                descending=True,
+                limit=limit,
+            )
+        )
+        return [self.item(r) for r in records]
+
+
+def evaluate_trigger(
+    book: ContractBook, evidence: StoreEvidence, record: TxRecord, block_time: str
+) -> list[Evaluation]:
+    """Every verdict due for one committed transaction, in contract-name order."""
+    if record.type not in book.trigger_types:
+        return []
+    trigger = evidence.item(record)
+    results = []
+    for deployment in book.triggered_by(record.type, record.leaf_index):
+        evaluation = evaluate(deployment.contract, trigger, source=evidence, now=block_time)
+        if evaluation is not None:
+            results.append(evaluation)
+    return results
+
+
+VerdictListener = Callable[[Evaluation, str], None]
+"""Called with an evaluation and the recorded verdict's tx id (notifications, jobs)."""
+
+
+class ContractRunner:
+    """Evaluates triggers off the commit path and records verdicts signed by the node.
+
+    Blocks are queued by the node's commit listener and handled in order by one thread,
+    so ingest never waits for contract evaluation. ``catch_up`` finds triggers that a
+    crash left without a verdict.
+    """
+
+    def __init__(self, node: Any, rule: ContractRule, signer: Any) -> None:
+        self.node = node
+        self.rule = rule
+        self.signer = signer
+        self.listeners: list[VerdictListener] = []
+        self._queue: queue.Queue[tuple[BlockRecord, list[TxRecord]] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._idle = threading.Event()
+        self._idle.set()
+        self._seen: set[str] = set()  # triggers handled: catch-up and listener may overlap
+
+    def start(self) -> ContractRunner:
+        self.node.add_commit_listener(self._enqueue)
+        self._thread = threading.Thread(target=self._run, name="contracts", daemon=True)
+        self._thread.start()
+        self.catch_up()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until every queued block was evaluated (tests, CLI)."""
+        return self._idle.wait(timeout)
+
+    def _enqueue(self, block: BlockRecord, records: list[TxRecord]) -> None:
+        if any(r.type in self.rule.book.trigger_types for r in records):
+            self._idle.clear()
+            self._queue.put((block, records))
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            block, records = item
+            try:
+                self._process(block, records)
+            except Exception:
+                log.exception("contract evaluation failed at block %d", block.height)
+            finally:
+                if self._queue.empty():
+                    self._idle.set()
+
+    def _process(self, block: BlockRecord, records: list[TxRecord]) -> None:
+        evidence = StoreEvidence(self.node.store, self.node.registry)
+        for record in records:
+            if record.tx_id in self._seen:
+                continue
+            self._seen.add(record.tx_id)
+            for evaluation in evaluate_trigger(self.rule.book, evidence, record, block.time):
+                self._record(evaluation)
+
+    def _record(self, evaluation: Evaluation) -> None:
+        request = evaluation.request
+        subject = Subject(request["subject"]["kind"], request["subject"]["id"])
+        refs = list(dict.fromkeys([evaluation.body["trigger"], evaluation.body["request"]]))
+        try:
+            verdict = self.node.submit(
+                self.signer.sign("contract.verdict", subject, evaluation.body, refs)
+            )
+            for tx_type, body in evaluation.records:
+                self.node.submit(self.signer.sign(tx_type, subject, body, [verdict.tx_id]))
+        except OpsledgerError:
+            log.exception("could not record the verdict of %s", evaluation.body["contract"])
+            return
+        for listener in self.listeners:
+            try:
+                listener(evaluation, verdict.tx_id)
+            except Exception:
+                log.exception("verdict listener failed")
+
+    def catch_up(self) -> None:
+        """Evaluate triggers after the newest verdict's trigger that have no verdict."""
+        store = self.node.store
+        verdicts = store.query_txs(TxQuery(type="contract.verdict", descending=True, limit=1))
+        start = 0
+        if verdicts:
+            last = parse_json(verdicts[0].leaf)["body"]["trigger"]
+            trigger = store.get_tx(last)
+            start = trigger.leaf_index + 1 if trigger is not None else 0
+        done = self._verdicts_since(start)
+        pending: dict[int, tuple[BlockRecord, list[TxRecord]]] = {}
+        for record in store.iter_txs(start):
+            if record.type in self.rule.book.trigger_types and record.tx_id not in done:
+                block = store.get_block(record.height)
+                if block is not None:
+                    pending.setdefault(block.height, (block, []))[1].append(record)
+        for height in sorted(pending):
+            self._idle.clear()
+            self._queue.put(pending[height])
+
+    def _verdicts_since(self, start: int) -> set[str]:
+        triggers: set[str] = set()
+        after = start - 1 if start > 0 else None
+        while True:
+            page = self.node.store.query_txs(
+                TxQuery(type="contract.verdict", after=after, limit=PAGE)
+            )
+            triggers.update(parse_json(r.leaf)["body"]["trigger"] for r in page)
+            if len(page) < PAGE:
+                return triggers
+            after = page[-1].leaf_index

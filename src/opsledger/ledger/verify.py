@@ -1,0 +1,236 @@
+"""Verify everything a store holds: the ledger itself (``core.verify``), the index
+columns against the signed bytes, contract deployments, and every recorded verdict
+re-executed from the evidence it could see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from opsledger.contracts import ContractBook
+from opsledger.core import (
+    Block,
+    LedgerVerifier,
+    OpsledgerError,
+    SignatureChecker,
+    SignedTransaction,
+    VerificationFailed,
+    VerifyResult,
+    canonical,
+    parse_json,
+)
+from opsledger.ledger.contracts import StoreEvidence, evaluate_trigger
+from opsledger.store import BlockRecord, LedgerStore, TxQuery, TxRecord
+
+__all__ = ["iter_store_blocks", "verify_contracts", "verify_store"]
+
+PAGE = 1000
+
+
+def iter_store_blocks(
+    store: LedgerStore, start: int = 0, end: int | None = None
+) -> Iterator[tuple[BlockRecord, list[TxRecord]]]:
+    """Blocks with their transaction records, in order, streaming both tables."""
+    previous = store.get_block(start - 1) if start > 0 else None
+    prev_size = previous.log_size if previous is not None else 0
+    txs = store.iter_txs(prev_size)
+    for block in store.iter_blocks(start, end):
+        count = block.log_size - prev_size
+        if count < 0:
+            raise VerificationFailed(
+                f"block {block.height}: log_size goes backwards", height=block.height
+            )
+        records = []
+        for _ in range(count):
+            record = next(txs, None)
+            if record is None:
+                raise VerificationFailed(
+                    f"block {block.height}: the store is missing transactions",
+                    height=block.height,
+                )
+            records.append(record)
+        prev_size = block.log_size
+        yield block, records
+
+
+def _check_columns(
+    block: BlockRecord, records: Sequence[TxRecord], parsed: Sequence[SignedTransaction]
+) -> None:
+    """The store's index columns must say what the signed bytes say (a tampered column
+    would make queries lie even though the leaves verify)."""
+    header = Block.from_bytes(block.data).header
+    if (block.block_hash, block.log_size, block.log_root, block.time) != (
+        header.block_hash,
+        header.log_size,
+        header.log_root,
+        header.time,
+    ):
+        raise VerificationFailed(
+            f"block {block.height}: stored columns disagree with the signed block",
+            height=block.height,
+        )
+    first = header.log_size - len(records)
+    for i, (record, stx) in enumerate(zip(records, parsed, strict=True)):
+        tx = stx.tx
+        expected = (
+            stx.tx_id,
+            first + i,
+            block.height,
+            tx.type,
+            tx.actor,
+            tx.subject.kind,
+            tx.subject.id,
+            tx.ts,
+            tx.nonce,
+        )
+        stored = (
+            record.tx_id,
+            record.leaf_index,
+            record.height,
+            record.type,
+            record.actor,
+            record.subject_kind,
+            record.subject_id,
+            record.ts,
+            record.nonce,
+        )
+        if expected != stored:
+            raise VerificationFailed(
+                f"block {block.height}: stored index columns of {record.tx_id} disagree with"
+                " its signed bytes",
+                height=block.height,
+                tx_id=record.tx_id,
+            )
+
+
+def verify_store(
+    store: LedgerStore,
+    *,
+    checker: SignatureChecker | None = None,
+    progress: Any = None,
+    genesis_hash: str | None = None,
+) -> VerifyResult:
+    """Verify everything a store holds: the ledger (``core.verify``), the index columns
+    against the signed bytes, contract deployment rules in log order, and then every
+    recorded verdict re-executed (``verify_contracts``)."""
+    fork_height = store.get_meta("fork_height")
+    verifier = LedgerVerifier(
+        genesis_hash=genesis_hash,
+        checker=checker,
+        fork_origin=store.get_meta("fork_origin"),
+        fork_height=int(fork_height) if fork_height is not None else None,
+    )
+    book = ContractBook()
+    for block, records in iter_store_blocks(store):
+        try:
+            parsed = verifier.add_block(block.data, [r.leaf for r in records], block.checkpoint)
+            _check_columns(block, records, parsed)
+            _check_deployments(book, block, records, parsed)
+        except OpsledgerError:
+            raise
+        except (TypeError, ValueError, AttributeError) as exc:  # a column of the wrong kind
+            raise VerificationFailed(
+                f"block {block.height}: stored data is malformed: {exc}", height=block.height
+            ) from exc
+        if progress is not None:
+            progress(block.height, block.log_size)
+    result = verifier.result()
+    verify_contracts(store, book, StoreEvidence(store, verifier.registry))
+    return result
+
+
+def _check_deployments(
+    book: ContractBook,
+    block: BlockRecord,
+    records: Sequence[TxRecord],
+    parsed: Sequence[SignedTransaction],
+) -> None:
+    for record, stx in zip(records, parsed, strict=True):
+        if stx.tx.type != "contract.deployed":
+            continue
+        try:
+            contract = book.check(stx)
+        except OpsledgerError as exc:
+            raise VerificationFailed(
+                f"block {block.height}: contract deployment was not admissible: {exc.message}",
+                height=block.height,
+                tx_id=record.tx_id,
+            ) from exc
+        book.apply(stx, record.leaf_index, contract)
+
+
+_VERDICT_KEYS = ("contract", "version", "trigger", "request", "result", "requirements")
+
+
+def verify_contracts(store: LedgerStore, book: ContractBook, evidence: StoreEvidence) -> int:
+    """Re-execute every recorded ``contract.verdict`` and compare; returns how many.
+
+    A verdict must name the contract version in force at its trigger, and its result,
+    requirements, reasons and cited evidence must be exactly what re-execution gives.
+    """
+    checked = 0
+    after: int | None = None
+    while True:
+        page = store.query_txs(TxQuery(type="contract.verdict", after=after, limit=PAGE))
+        for record in page:
+            _check_verdict(store, book, evidence, record)
+            checked += 1
+        if len(page) < PAGE:
+            return checked
+        after = page[-1].leaf_index
+
+
+def _check_verdict(
+    store: LedgerStore, book: ContractBook, evidence: StoreEvidence, record: TxRecord
+) -> None:
+    body = parse_json(record.leaf)["body"]
+
+    def fail(reason: str) -> VerificationFailed:
+        return VerificationFailed(
+            f"block {record.height}: verdict {record.tx_id}: {reason}",
+            height=record.height,
+            tx_id=record.tx_id,
+            reason=reason,
+        )
+
+    trigger = store.get_tx(body["trigger"])
+    if trigger is None or trigger.leaf_index >= record.leaf_index:
+        raise fail("its trigger is not an earlier transaction of this ledger")
+    deployment = book.in_force(body["contract"], trigger.leaf_index)
+    if deployment is None or deployment.contract.version != body["version"]:
+        raise fail(
+            f"{body['contract']}@{body['version']} was not the version in force at its trigger"
+        )
+    block = store.get_block(trigger.height)
+    assert block is not None
+    expected = next(
+        (
+            e.body
+            for e in evaluate_trigger(book, evidence, trigger, block.time)
+            if e.body["contract"] == body["contract"]
+        ),
+        None,
+    )
+    if expected is None:
+        raise fail("re-execution finds that the contract does not apply to its trigger")
+    recorded = {key: body.get(key) for key in _VERDICT_KEYS}
+    if canonical(recorded) != canonical(expected):
+        raise fail(_difference(recorded, expected))
+
+
+def _difference(recorded: dict[str, Any], expected: dict[str, Any]) -> str:
+    """Say which part of a recorded verdict re-execution disagrees with."""
+    if recorded["result"] != expected["result"]:
+        return f"recorded result {recorded['result']} but re-execution gives {expected['result']}"
+    by_name = {r["name"]: r for r in expected["requirements"]}
+    for requirement in recorded["requirements"] or []:
+        other = by_name.get(requirement.get("name"))
+        if other != requirement:
+            return (
+                f"requirement {requirement.get('name')!r} differs from re-execution"
+                f" (recorded {requirement.get('result')}: {requirement.get('reason')!r};"
+                f" re-executed {other['result'] if other else 'absent'}:"
+                f" {other['reason'] if other else ''!r})"
+            )
+    return "the recorded verdict differs from re-execution"
