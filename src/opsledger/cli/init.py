@@ -21,9 +21,17 @@ def init(
         str | None,
         typer.Option("--store", help="Store URL (default: SQLite inside the home)."),
     ] = None,
+    contracts: Annotated[
+        bool,
+        typer.Option(
+            "--contracts/--no-contracts",
+            help="Deploy the built-in contracts (release-gate, sla) with their defaults.",
+        ),
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Create a new ledger: admin and node keys, the store and the genesis block.
+    """Create a new ledger: admin and node keys, the store, the genesis block and the
+    built-in contracts.
 
     The genesis block hash printed here is the ledger id: auditors pin it with
     verify --genesis.
@@ -31,7 +39,7 @@ def init(
     Example: opsledger init --admin alice --node node-1
     """
     state = get_state(ctx)
-    info = state.home.init(admin=admin, node=node, store=store)
+    info = state.home.init(admin=admin, node=node, store=store, builtin_contracts=contracts)
     if as_json:
         print_json(state.out, info)
         return
@@ -42,6 +50,7 @@ def init(
                 ("ledger id", info["genesis_hash"]),
                 ("admin", f"{info['admin']} (key {info['admin_key_id']})"),
                 ("node", f"{info['node']} (key {info['node_key_id']})"),
+                ("contracts", ", ".join(c["contract"] for c in info["contracts"]) or "none"),
             ],
             title="Created a new ledger",
         )
