@@ -64,3 +64,11 @@ def test_every_api_route_is_documented_and_nothing_else() -> None:
     served = {(method.upper(), path) for path, ops in document["paths"].items() for method in ops}
     documented = set(re.findall(r"^\| `([A-Z]+)` \| `([^`]+)` \|", api_doc, re.MULTILINE))
     assert served == documented
+
+
+def test_every_builtin_contract_is_documented() -> None:
+    from opsledger.contracts.builtin import BUILTIN
+
+    doc = (ROOT / "docs" / "contracts.md").read_text()
+    for name in BUILTIN:
+        assert f"## {name}" in doc, f"built-in contract {name} has no section in docs/contracts.md"
