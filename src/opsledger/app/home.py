@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from opsledger.app.contracts import deploy_builtins
+from opsledger.app.services import attach_services
 from opsledger.app.config import Config, load_config, write_config
 from opsledger.app.keys import key_path, load_key, load_key_from_env, write_key
 from opsledger.client.base import LedgerClient, Signer
@@ -199,6 +200,11 @@ class Home:
             node.start()
             node_key = self.load_key(config.node)
             runner = ContractRunner(node, contracts, Signer(config.node, node_key))
+            try:
+                attach_services(self, node, runner)
+            except BaseException:
+                node.close()
+                raise
             node.attach(runner.start())
         return node
 

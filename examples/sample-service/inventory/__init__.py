@@ -1,0 +1,1 @@
+"""A tiny inventory service used by the opsledger examples (deliberately insecure)."""

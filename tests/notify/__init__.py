@@ -1,0 +1,1 @@
+"""Tests of the notify package: deliveries, payloads, configuration."""

@@ -1,0 +1,1 @@
+"""Tests of the pipeline package: jobs, executors, output parsers."""
