@@ -118,6 +118,14 @@ def test_the_verb_list() -> None:
             "keys list",
             "keys rotate",
             "keys revoke",
+            "exec",
+            "audit report",
+            "contract deploy",
+            "contract list",
+            "contract show",
+            "contract test",
+            "contract verdicts",
+            "sla report",
         ]
     )
 

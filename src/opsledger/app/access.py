@@ -42,7 +42,7 @@ from types import FrameType
 from typing import IO, Any, Protocol
 
 from opsledger.app.config import load_section
-from opsledger.client.base import LedgerClient, Signer
+from opsledger.client.base import LedgerClient, Signer, submit_signed
 from opsledger.core import (
     Clock,
     ConfigError,
@@ -50,8 +50,6 @@ from opsledger.core import (
     OpsledgerError,
     PermissionDenied,
     Receipt,
-    ReplayRejected,
-    SignedTransaction,
     StorageError,
     Subject,
 )
@@ -556,18 +554,6 @@ class AccessResult:
     approval: Approval
 
 
-def _submit(client: LedgerClient, signer: Signer, stx: SignedTransaction) -> Receipt:
-    """Submit, re-signing once past the actor's last nonce after a collision with another
-    process signing for the same actor (the command itself may be one)."""
-    try:
-        return client.submit(stx)
-    except ReplayRejected:
-        last = client.actor(signer.actor).get("last_nonce")
-        signer.bump_past(max(stx.tx.nonce, last if isinstance(last, int) else 0))
-        tx = stx.tx
-        return client.submit(signer.sign(tx.type, tx.subject, tx.body, tx.refs))
-
-
 def _closed_body(session: str, outcome: Outcome) -> dict[str, Any]:
     body: dict[str, Any] = {
         "session": session,
@@ -601,7 +587,7 @@ def _record_close(
     while True:
         try:
             with connect() as client:
-                return _submit(
+                return submit_signed(
                     client, signer, signer.sign("access.closed", subject, body, (session,))
                 )
         except ConfigError as exc:
@@ -658,7 +644,7 @@ def run_access(
             stx = signer.sign(
                 "access.opened", subject, request.opened_body(approval), approval.evidence
             )
-            opened = _submit(client, signer, stx)
+            opened = submit_signed(client, signer, stx)
         started = clock.now()
         try:
             if on_opened is not None:

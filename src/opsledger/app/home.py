@@ -227,16 +227,19 @@ class Home:
                 time.sleep(0.05)
 
     def server_url(self) -> str | None:
-        """The URL of a running ``opsledger serve`` for this home, if its lock is held."""
+        """The URL of a running ``opsledger serve`` for this home, if its lock is held.
+
+        Probes with a shared lock on a read-only handle, so users who may not write the
+        home (an SSH gate's operators) can still find the server."""
         if not self.serve_path.exists():
             return None
         try:
             info = json.loads(self.serve_path.read_text())
+            handle = (self.path / "node.lock").open("r")
         except (OSError, ValueError):
             return None
-        handle = (self.path / "node.lock").open("a")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             return str(info.get("url"))  # held: the server is alive
         else:

@@ -19,8 +19,7 @@ import typer
 from opsledger.app.keys import key_path
 from opsledger.cli._render import print_json, print_json_lines, print_table, say
 from opsledger.cli._state import State, get_state
-from opsledger.cli._submit import submit_signed
-from opsledger.client.base import LedgerClient
+from opsledger.client.base import LedgerClient, submit_signed
 from opsledger.core import Conflict, InvalidInput, PrivateKey, Receipt, Subject
 
 __all__ = ["keys_app", "list_actors", "register"]

@@ -17,6 +17,7 @@ the group sees the same output and exit codes as a user.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,7 +25,21 @@ import typer
 from rich.text import Text
 from typer.core import TyperGroup
 
-from opsledger.cli import bundle, init, keys, proof, query, record, serve, verify
+from opsledger.app.logs import configure_logging
+from opsledger.cli import (
+    audit,
+    bundle,
+    contract,
+    init,
+    keys,
+    proof,
+    query,
+    record,
+    serve,
+    sla,
+    verify,
+)
+from opsledger.cli import exec as exec_command
 from opsledger.cli._state import Consoles, State
 from opsledger.core import (
     ConfigError,
@@ -122,11 +137,13 @@ def root(
 
     Example: opsledger --home ./.opsledger init --admin alice
     """
+    configure_logging(logging.DEBUG if verbose else logging.WARNING)
     ctx.obj = State(home_path=home, verbose=verbose, consoles=_consoles(ctx))
 
 
-for _module in (init, keys, record, query, proof, verify, bundle, serve):
+for _module in (init, keys, record, query, proof, verify, bundle, serve, audit, contract, sla):
     _module.register(app)
+exec_command.register(app)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import typer
 
 from opsledger.cli._render import print_json, say
 from opsledger.cli._state import get_state
-from opsledger.cli._submit import submit_signed
+from opsledger.client.base import submit_signed
 from opsledger.core import InvalidInput, parse_json, parse_subject
 from opsledger.core.schemas import BODY_SCHEMAS
 

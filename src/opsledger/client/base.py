@@ -16,6 +16,7 @@ from opsledger.core import (
     OpsledgerError,
     PrivateKey,
     Receipt,
+    ReplayRejected,
     SignedTransaction,
     Subject,
     SystemClock,
@@ -24,7 +25,7 @@ from opsledger.core import (
     sign_transaction,
 )
 
-__all__ = ["LedgerClient", "Signer", "TxFilter"]
+__all__ = ["LedgerClient", "Signer", "TxFilter", "submit_signed"]
 
 TxFilter = dict[str, Any]
 """Filters for ``list_transactions``: type, actor, subject ("kind:id"), since, until,
@@ -106,3 +107,20 @@ class Signer:
             refs=tuple(refs),
         )
         return sign_transaction(tx, self.key)
+
+
+def submit_signed(client: LedgerClient, signer: Signer, stx: SignedTransaction) -> Receipt:
+    """Submit one signed transaction, re-signing once after a nonce collision.
+
+    Nonces are microseconds chosen by the signer without asking the node, so two
+    processes signing for one actor can collide; the node then refuses the later one as
+    a replay. Re-signing the same content with a nonce past the actor's last accepted one
+    (asked from the ledger) is safe, since it is a new transaction, and needed only once.
+    """
+    try:
+        return client.submit(stx)
+    except ReplayRejected:
+        last = client.actor(signer.actor).get("last_nonce")
+        signer.bump_past(max(stx.tx.nonce, last if isinstance(last, int) else 0))
+        tx = stx.tx
+        return client.submit(signer.sign(tx.type, tx.subject, tx.body, tx.refs))

@@ -104,7 +104,16 @@ BODY_SCHEMAS: dict[str, dict[str, Any]] = {
     "deploy.finished": _deploy,
     "deploy.rolled_back": _deploy,
     "access.opened": _obj(
-        {"environment": _str, "reason": _text, "command": {"type": "array", "items": _str}},
+        {
+            "environment": _str,
+            "reason": _text,
+            # arguments may be empty strings (grep "" file)
+            "command": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"type": "string", "maxLength": 65536},
+            },
+        },
         {"change": _str, "host": _str},
     ),
     "access.closed": _obj(
