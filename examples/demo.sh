@@ -17,7 +17,7 @@ quiet() { "$OPS" --home "$HOME_DIR" "$@"; }
 json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 now() { date -u +%Y-%m-%dT%H:%M:%SZ; }
 
-bold "1. A new ledger: genesis holds the admin (self-signed trust anchor) and the node"
+bold "1. A new ledger: genesis holds the admin (self-signed trust anchor) and the node; the built-in contracts are deployed"
 run init
 
 bold "2. Actors, each with a role and a key file (mode 0600) that never leaves this machine"
@@ -50,31 +50,34 @@ run record deploy.finished --subject "artifact:$DIGEST" --as ci-runner \
   --body "{\"service\": \"shop\", \"environment\": \"prod\", \"version\": \"1.4.0\", \"digest\": \"$DIGEST\", \"strategy\": \"blue-green\", \"status\": \"success\", \"commits\": [\"$COMMIT\"]}"
 run record note --subject change:CHG-42 --as ops-dan --field "text=Maintenance window 02:00-03:00 UTC approved by CAB"
 
-bold "4. The rules hold: a developer may not claim a build (one line, exit 2, nothing written)"
+bold "4. The release gate decided at every step; its latest verdict passes (every node re-executes it)"
+run contract verdicts --subject "artifact:$DIGEST" --limit 3
+
+bold "5. The rules hold: a developer may not claim a build (one line, exit 2, nothing written)"
 set +e
 run record build.finished --subject "artifact:$DIGEST" --as alice \
   --field artifact=shop --field "digest=$DIGEST" --field "commit=$COMMIT" --field status=success
 echo "(exit status $?)"
 set -e
 
-bold "5. The log, and everything about one artifact"
+bold "6. The log, and everything about one artifact"
 run log
 run log --subject "artifact:$DIGEST" --type 'approval.*'
 
-bold "6. Prove the build is in the log, against the signed checkpoint"
+bold "7. Prove the build is in the log, against the signed checkpoint"
 run proof "$BUILD" --json
 run checkpoint
 
-bold "7. Verify everything: signatures, identity rules, nonces, links, roots, checkpoints"
+bold "8. Verify everything: signatures, identity rules, nonces, links, roots, checkpoints, and every verdict re-executed"
 run verify
 
-bold "8. Export a bundle and verify it offline, with nothing but the file and the ledger id"
+bold "9. Export a bundle and verify it offline, with nothing but the file and the ledger id"
 GENESIS=$(quiet head --json | json_field genesis_hash)
 run export "$OUT/audit.jsonl.gz"
 printf '\033[2m$ opsledger verify --bundle %s --genesis %s\033[0m\n' "$OUT/audit.jsonl.gz" "$GENESIS"
 "$OPS" verify --bundle "$OUT/audit.jsonl.gz" --genesis "$GENESIS"
 
-bold "9. Tamper with a copy: change the build's status in the stored bytes"
+bold "10. Tamper with a copy: change the build's status in the stored bytes"
 cp -r "$HOME_DIR" "$OUT/tampered"
 python3 - "$OUT/tampered/ledger.db" "$BUILD" <<'PY'
 import sqlite3, sys

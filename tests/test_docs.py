@@ -72,3 +72,25 @@ def test_every_builtin_contract_is_documented() -> None:
     doc = (ROOT / "docs" / "contracts.md").read_text()
     for name in BUILTIN:
         assert f"## {name}" in doc, f"built-in contract {name} has no section in docs/contracts.md"
+
+
+def test_every_config_key_is_documented() -> None:
+    from opsledger.app import access, config, services, webhooks
+
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    keys = (
+        [f"ledger.{k}" for k in config._LEDGER_KEYS]
+        + [f"api.{k}" for k in config._API_KEYS]
+        + [f"contracts.jobs.{k}" for k in services._JOB_KEYS]
+        + [f"access.{k}" for k in access._SECTION_KEYS]
+        + [f"access.environments.<env>.{k}" for k in access._ENVIRONMENT_KEYS]
+        + [f"webhooks.github.{k}" for k in webhooks._GITHUB_KEYS]
+        + [f"notify.targets[].{k}" for k in ("kind", "url", "headers", "name")]
+    )
+    missing = [
+        key
+        for key in keys
+        if f"| `{key}` |" not in doc
+        and not (key == "access.environments" and "| `access.environments.<env>" in doc)
+    ]
+    assert not missing, f"undocumented config keys: {missing}"

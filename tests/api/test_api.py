@@ -320,6 +320,7 @@ def test_every_route_is_documented_with_its_errors(openapi: dict[str, Any]) -> N
         ("get", "/api/v1/proofs/inclusion/{tx_id}"),
         ("get", "/api/v1/proofs/consistency"),
         ("get", "/api/v1/actors/{name}"),
+        ("post", "/api/v1/webhooks/github"),
         ("get", "/metrics"),
         ("get", "/healthz"),
         ("get", "/readyz"),

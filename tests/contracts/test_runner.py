@@ -31,9 +31,13 @@ class World:
 
     def actor(self, name: str, *roles: str) -> Signer:
         key = PrivateKey.generate()
-        self.client.submit(self.admin.sign(
-            "identity.key_added", Subject("actor", name),
-            {"actor": name, "public_key": key.public_key.b64, "roles": list(roles)}))
+        self.client.submit(
+            self.admin.sign(
+                "identity.key_added",
+                Subject("actor", name),
+                {"actor": name, "public_key": key.public_key.b64, "roles": list(roles)},
+            )
+        )
         self.signers[name] = Signer(name, key)
         return self.signers[name]
 
@@ -70,20 +74,56 @@ def _reason(verdict: dict[str, Any], name: str) -> tuple[str, str]:
 
 def test_gate_story_and_verify_re_executes(world: World) -> None:
     w = world
-    w.record("alice", "code.pushed", {"repo": "shop", "ref": "refs/heads/main", "commits": [
-        {"id": "c0ffee", "author": "alice", "time": "2026-11-21T10:00:00Z"}]}, Subject("repo", "shop"))
-    w.record("ci", "build.finished", {"artifact": "shop", "digest": D, "commit": "c0ffee", "status": "success"})
-    w.record("ci", "test.finished", {"digest": D, "suite": "unit", "passed": 5, "failed": 0, "status": "success"})
-    scan = w.record("ci", "scan.finished", {"digest": D, "scanner": "pip-audit",
-                                            "findings": {"critical": 1, "high": 0, "medium": 0, "low": 0}})
-    w.record("alice", "release.requested", {"service": "shop", "version": "2.0.0", "digest": D,
-                                            "commits": ["c0ffee"]})
+    w.record(
+        "alice",
+        "code.pushed",
+        {
+            "repo": "shop",
+            "ref": "refs/heads/main",
+            "commits": [{"id": "c0ffee", "author": "alice", "time": "2026-11-21T10:00:00Z"}],
+        },
+        Subject("repo", "shop"),
+    )
+    w.record(
+        "ci",
+        "build.finished",
+        {"artifact": "shop", "digest": D, "commit": "c0ffee", "status": "success"},
+    )
+    w.record(
+        "ci",
+        "test.finished",
+        {"digest": D, "suite": "unit", "passed": 5, "failed": 0, "status": "success"},
+    )
+    scan = w.record(
+        "ci",
+        "scan.finished",
+        {
+            "digest": D,
+            "scanner": "pip-audit",
+            "findings": {"critical": 1, "high": 0, "medium": 0, "low": 0},
+        },
+    )
+    w.record(
+        "alice",
+        "release.requested",
+        {"service": "shop", "version": "2.0.0", "digest": D, "commits": ["c0ffee"]},
+    )
     verdict = w.latest_verdict()
     assert verdict["result"] == "fail"
-    assert _reason(verdict, "scan") == ("fail", f"scan {scan} by pip-audit found 1 critical and 0 high"
-                                        " findings (allowed: 0 critical, 0 high)")
-    w.record("ci", "scan.finished", {"digest": D, "scanner": "pip-audit",
-                                     "findings": {"critical": 0, "high": 0, "medium": 0, "low": 0}})
+    assert _reason(verdict, "scan") == (
+        "fail",
+        f"scan {scan} by pip-audit found 1 critical and 0 high"
+        " findings (allowed: 0 critical, 0 high)",
+    )
+    w.record(
+        "ci",
+        "scan.finished",
+        {
+            "digest": D,
+            "scanner": "pip-audit",
+            "findings": {"critical": 0, "high": 0, "medium": 0, "low": 0},
+        },
+    )
     assert _reason(w.latest_verdict(), "scan")[0] == "pass"
     w.record("alice", "approval.granted", {"digest": D, "release": "shop-2.0.0"})
     result, reason = _reason(w.latest_verdict(), "approvals")
@@ -100,14 +140,21 @@ def test_gate_story_and_verify_re_executes(world: World) -> None:
 def test_a_forged_verdict_fails_verify_even_when_properly_signed(world: World) -> None:
     """A node that signs a verdict the contract does not give is caught by re-execution."""
     w = world
-    w.record("alice", "release.requested", {"service": "shop", "version": "2.0.0", "digest": D,
-                                            "commits": []})
+    w.record(
+        "alice",
+        "release.requested",
+        {"service": "shop", "version": "2.0.0", "digest": D, "commits": []},
+    )
     honest = w.latest_verdict()
     assert honest["result"] == "fail"
-    forged_body = {k: honest[k] for k in ("contract", "version", "trigger", "request", "requirements")}
+    forged_body = {
+        k: honest[k] for k in ("contract", "version", "trigger", "request", "requirements")
+    }
     forged_body["result"] = "pass"
     node_signer = Signer(w.home.config().node, w.home.load_key(w.home.config().node))
-    forged = w.client.submit(node_signer.sign("contract.verdict", ART, forged_body, [honest["trigger"]]))
+    forged = w.client.submit(
+        node_signer.sign("contract.verdict", ART, forged_body, [honest["trigger"]])
+    )
     with pytest.raises(VerificationFailed) as info:
         w.node.verify()
     assert info.value.details["tx_id"] == forged.tx_id
@@ -120,14 +167,24 @@ def test_deployments_are_admin_only_checked_and_immutable(world: World) -> None:
     with pytest.raises(Conflict, match="higher version"):
         deploy_contract(w.client, w.admin, source)
     with pytest.raises(InvalidInput, match="line"):
-        deploy_contract(w.client, w.admin, source.replace("version: 1", "version: 2").replace(
-            "size(derived.valid_approvals) >= params.approvals", "size(derived.valid_approvals) >= 'two'"))
+        deploy_contract(
+            w.client,
+            w.admin,
+            source.replace("version: 1", "version: 2").replace(
+                "size(derived.valid_approvals) >= params.approvals",
+                "size(derived.valid_approvals) >= 'two'",
+            ),
+        )
     v2 = source.replace("version: 1", "version: 2").replace("approvals: 2", "approvals: 1")
-    with pytest.raises(Exception, match="may not write contract.deployed"):
+    with pytest.raises(Exception, match=r"may not write contract\.deployed"):
         deploy_contract(w.client, w.signers["bob"], v2)
     contract, _ = deploy_contract(w.client, w.admin, v2)
     assert contract.ref == "release-gate@2"
-    w.record("alice", "release.requested", {"service": "shop", "version": "2.0.0", "digest": D, "commits": []})
+    w.record(
+        "alice",
+        "release.requested",
+        {"service": "shop", "version": "2.0.0", "digest": D, "commits": []},
+    )
     assert w.latest_verdict()["version"] == 2
     w.node.verify()
 
@@ -140,10 +197,20 @@ def test_runner_catches_up_after_a_restart(tmp_path: Path) -> None:
     node.services.remove(runner)
     runner.stop()  # simulate a crash of the runner: triggers land without verdicts
     dev_key = PrivateKey.generate()
-    LocalClient(node).submit(home.signer().sign("identity.key_added", Subject("actor", "dev"), {
-        "actor": "dev", "public_key": dev_key.public_key.b64, "roles": ["developer"]}))
-    LocalClient(node).submit(Signer("dev", dev_key).sign("release.requested", ART, {
-        "service": "shop", "version": "1", "digest": D, "commits": []}))
+    LocalClient(node).submit(
+        home.signer().sign(
+            "identity.key_added",
+            Subject("actor", "dev"),
+            {"actor": "dev", "public_key": dev_key.public_key.b64, "roles": ["developer"]},
+        )
+    )
+    LocalClient(node).submit(
+        Signer("dev", dev_key).sign(
+            "release.requested",
+            ART,
+            {"service": "shop", "version": "1", "digest": D, "commits": []},
+        )
+    )
     node.close()
     again = home.open_node()
     try:

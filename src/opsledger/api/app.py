@@ -17,6 +17,7 @@ from prometheus_client.exposition import generate_latest
 
 from opsledger.api.errors import ERROR_RESPONSES, install_error_handlers, json_error_responses
 from opsledger.api.routes import build_router
+from opsledger.api.webhooks import build_webhook_router
 from opsledger.client.local import LocalClient
 from opsledger.core import OpsledgerError, StorageError
 
@@ -72,6 +73,7 @@ def create_app(client: LocalClient, *, registry: CollectorRegistry | None = None
     )
     install_error_handlers(app)
     app.include_router(build_router(client, metrics))
+    app.include_router(build_webhook_router(client, metrics))
     app.state.client = client
     app.state.metrics = metrics
 

@@ -30,7 +30,8 @@ from pathlib import Path
 import uvicorn
 
 from opsledger.api.app import create_app
-from opsledger.app import Home
+from opsledger.api.webhooks import enable_github_webhook
+from opsledger.app import Home, load_github_webhook
 from opsledger.client.local import LocalClient
 from opsledger.core import ConfigError
 
@@ -153,13 +154,16 @@ def serve(home: Home, listen: str, *, access_log: bool = False) -> None:
     """Serve ``home``'s ledger on ``listen`` until SIGINT/SIGTERM. Raises ``ConfigError``
     for a bad address, a busy port, or when another process writes this home."""
     host, port = parse_listen(listen)
+    github = load_github_webhook(home)  # config errors stop us before anything binds
     node = home.open_node()
     try:
         sock = _bind(host, port)
         try:
             url = _url(host, sock.getsockname()[1])
+            app = create_app(LocalClient(node))
+            enable_github_webhook(app, github)
             config = uvicorn.Config(
-                create_app(LocalClient(node)),
+                app,
                 log_level="warning",
                 access_log=access_log,
                 lifespan="off",

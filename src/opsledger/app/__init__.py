@@ -5,9 +5,11 @@ from opsledger.app.config import Config, load_config
 from opsledger.app.home import Home, default_home
 from opsledger.app.keys import key_path, load_key, load_key_from_env, write_key
 from opsledger.app.snapshot import fork_home, import_bundle
+from opsledger.app.webhooks import GithubWebhook, load_github_webhook
 
 __all__ = [
     "Config",
+    "GithubWebhook",
     "Home",
     "default_home",
     "export_bundle",
@@ -15,6 +17,7 @@ __all__ = [
     "import_bundle",
     "key_path",
     "load_config",
+    "load_github_webhook",
     "load_key",
     "load_key_from_env",
     "verify_bundle",

@@ -1,7 +1,9 @@
 """``opsledger.yaml``: one file, a section per service, validated with clear errors.
 
-Only the ``ledger`` and ``api`` sections exist so far; unknown keys are refused (a typo
-must not silently fall back to a default). Environment variables override the file:
+This module validates the ``ledger`` and ``api`` sections; the other services validate
+their own (``notify``, ``contracts``, ``access``, ``webhooks``: see docs/configuration.md).
+Unknown keys are refused everywhere (a typo must not silently fall back to a default).
+Environment variables override the file:
 ``OPSLEDGER_STORE`` (store URL) and ``OPSLEDGER_LISTEN`` (API address).
 """
 

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from opsledger.app.contracts import deploy_builtins
-from opsledger.app.services import attach_services
 from opsledger.app.config import Config, load_config, write_config
+from opsledger.app.contracts import deploy_builtins
 from opsledger.app.keys import key_path, load_key, load_key_from_env, write_key
+from opsledger.app.services import attach_services
 from opsledger.client.base import LedgerClient, Signer
 from opsledger.client.local import LocalClient
 from opsledger.core import (
@@ -230,7 +230,11 @@ class Home:
         """The URL of a running ``opsledger serve`` for this home, if its lock is held.
 
         Probes with a shared lock on a read-only handle, so users who may not write the
-        home (an SSH gate's operators) can still find the server."""
+        home (an SSH gate's operators) can still find the server. ``OPSLEDGER_SERVER``
+        names a remote server instead (CI runners, which have no home of their own)."""
+        remote = os.environ.get("OPSLEDGER_SERVER")
+        if remote:
+            return remote.rstrip("/")
         if not self.serve_path.exists():
             return None
         try:
