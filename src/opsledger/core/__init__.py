@@ -61,7 +61,13 @@ from opsledger.core.tx import (
     parse_subject,
     sign_transaction,
 )
-from opsledger.core.verify import LedgerVerifier, VerifyResult, origin_for
+from opsledger.core.verify import (
+    LedgerVerifier,
+    PreparedLeaf,
+    VerifyResult,
+    origin_for,
+    prepare_leaf,
+)
 
 __all__ = [
     "DEFAULT_ROLES",
@@ -79,6 +85,7 @@ __all__ = [
     "NotFound",
     "OpsledgerError",
     "PermissionDenied",
+    "PreparedLeaf",
     "PrivateKey",
     "ProofError",
     "PublicKey",
@@ -112,6 +119,7 @@ __all__ = [
     "parse_checkpoint",
     "parse_json",
     "parse_subject",
+    "prepare_leaf",
     "parse_vkey",
     "root_of",
     "sha256_hex",

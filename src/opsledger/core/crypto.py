@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import nacl.exceptions
 import nacl.signing
@@ -48,10 +49,13 @@ def key_id_of(raw_public_key: bytes) -> str:
 @dataclass(frozen=True, slots=True)
 class PublicKey:
     raw: bytes
+    # libsodium's key object, built once: verification is the hot path of the ledger
+    _verifier: Any = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if len(self.raw) != PUBLIC_KEY_SIZE:
             raise InvalidInput("an Ed25519 public key is 32 bytes", field="public_key")
+        object.__setattr__(self, "_verifier", nacl.signing.VerifyKey(self.raw))
 
     @classmethod
     def from_b64(cls, text: str) -> PublicKey:
@@ -70,7 +74,7 @@ class PublicKey:
         if len(signature) != SIGNATURE_SIZE:
             return False
         try:
-            nacl.signing.VerifyKey(self.raw).verify(domain + message, signature)
+            self._verifier.verify(domain + message, signature)
         except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError):
             return False
         return True

@@ -136,6 +136,11 @@ class ContractRunner:
         self._idle = threading.Event()
         self._idle.set()
         self._seen: set[str] = set()  # triggers handled: catch-up and listener may overlap
+        # Subjects that have a request (e.g. a release.requested), per request type: most
+        # build.finished/test.finished triggers have none and are dropped here, in the
+        # committer thread, without parsing a leaf or querying the store.
+        self._requests: set[tuple[str, str, str]] = set()
+        self._requests_loaded = False
 
     def start(self) -> ContractRunner:
         self.node.add_commit_listener(self._enqueue)
@@ -155,9 +160,44 @@ class ContractRunner:
         return self._idle.wait(timeout)
 
     def _enqueue(self, block: BlockRecord, records: list[TxRecord]) -> None:
-        if any(r.type in self.rule.book.trigger_types for r in records):
+        relevant = self._relevant(records)
+        if relevant:
             self._idle.clear()
-            self._queue.put((block, records))
+            self._queue.put((block, relevant))
+
+    def _relevant(self, records: list[TxRecord]) -> list[TxRecord]:
+        book = self.rule.book
+        request_types = {d.contract.request for d in book.all() if d.contract.request is not None}
+        if not self._requests_loaded:
+            self._load_requests(request_types)
+        for r in records:
+            if r.type in request_types:
+                self._requests.add((r.type, r.subject_kind, r.subject_id))
+        relevant = []
+        for r in records:
+            if r.type not in book.trigger_types:
+                continue
+            for deployment in book.triggered_by(r.type, r.leaf_index):
+                request = deployment.contract.request
+                if (
+                    request is None
+                    or request == r.type
+                    or (request, r.subject_kind, r.subject_id) in self._requests
+                ):
+                    relevant.append(r)
+                    break
+        return relevant
+
+    def _load_requests(self, request_types: set[str]) -> None:
+        for tx_type in request_types:
+            after: int | None = None
+            while True:
+                page = self.node.store.query_txs(TxQuery(type=tx_type, after=after, limit=PAGE))
+                self._requests.update((r.type, r.subject_kind, r.subject_id) for r in page)
+                if len(page) < PAGE:
+                    break
+                after = page[-1].leaf_index
+        self._requests_loaded = True
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
@@ -214,9 +254,13 @@ class ContractRunner:
                 block = store.get_block(record.height)
                 if block is not None:
                     pending.setdefault(block.height, (block, []))[1].append(record)
+        self._requests_loaded = False  # contracts may have been deployed since
         for height in sorted(pending):
-            self._idle.clear()
-            self._queue.put(pending[height])
+            block, records = pending[height]
+            relevant = self._relevant(records)
+            if relevant:
+                self._idle.clear()
+                self._queue.put((block, relevant))
 
     def _verdicts_since(self, start: int) -> set[str]:
         triggers: set[str] = set()

@@ -369,9 +369,10 @@ class LedgerNode:
             if key is not None:
                 checks.append((position, key, stx))
         batch = [(key, DOMAIN_TX, stx.message, stx.sig) for _, key, stx in checks]
-        for (position, _, stx), ok in zip(checks, self.checker.verify_many(batch), strict=True):
-            if ok:
-                prepared[position] = Pending(stx, signature_verified=True)
+        for (position, _, _stx), ok in zip(checks, self.checker.verify_many(batch), strict=True):
+            item = prepared[position]
+            if ok and isinstance(item, Pending):
+                item.signature_verified = True
             else:
                 prepared[position] = PermissionDenied("signature does not verify", field="sig")
         pendings = [p for p in prepared if isinstance(p, Pending)]
@@ -441,10 +442,12 @@ class LedgerNode:
         with self._lock:
             self._tree = tree
             self._head = record
-        for pending, tx in zip(accepted, tx_records, strict=True):
-            pending.future.set_result(Receipt(tx.tx_id, tx.height, tx.leaf_index))
+        # Listeners first: once a writer holds its receipt, whatever runs on commits (the
+        # contract runner) already has the block, even if the writer closes the node next.
         for listener in self._listeners:
             listener(record, tx_records)
+        for pending, tx in zip(accepted, tx_records, strict=True):
+            pending.future.set_result(Receipt(tx.tx_id, tx.height, tx.leaf_index))
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Called in the committer thread after each durable block: keep it quick (queue
