@@ -350,7 +350,9 @@ def tx_kind(i: int) -> str:
     return "test.finished"
 
 
-def _tx_for(i: int, base_nonce: int, base_time: _dt.datetime) -> tuple[Transaction, str]:
+def _tx_for(
+    i: int, base_nonce: int, base_time: _dt.datetime, ledger: str
+) -> tuple[Transaction, str]:
     group = i // TX_PER_ARTIFACT
     digest = artifact_digest(group)
     service = SERVICES[group % len(SERVICES)]
@@ -401,11 +403,14 @@ def _tx_for(i: int, base_nonce: int, base_time: _dt.datetime) -> tuple[Transacti
         nonce=base_nonce + i,
         subject=subject,
         body=body,
+        ledger=ledger,
     )
     return tx, actor
 
 
-def make_leaves(start: int, stop: int, base_nonce: int, base_time_iso: str) -> list[bytes]:
+def make_leaves(
+    start: int, stop: int, base_nonce: int, base_time_iso: str, ledger: str
+) -> list[bytes]:
     """Signed canonical transactions ``start <= i < stop``: a pure function of ``i``, so
     processes can sign disjoint ranges. Nonces are ``base_nonce + i``: increasing per actor
     in corpus order, whichever process signed them."""
@@ -413,7 +418,7 @@ def make_leaves(start: int, stop: int, base_nonce: int, base_time_iso: str) -> l
     keys = {name: actor_key(name) for name, _, _ in ACTORS}
     leaves: list[bytes] = []
     for i in range(start, stop):
-        tx, actor = _tx_for(i, base_nonce, base_time)
+        tx, actor = _tx_for(i, base_nonce, base_time, ledger)
         leaves.append(sign_transaction(tx, keys[actor]).leaf)
     return leaves
 
@@ -439,9 +444,11 @@ class Corpus:
         return sum(map(len, sample)) / len(sample)
 
 
-def build_corpus(count: int, processes: int, *, chunk: int = 5_000) -> Corpus:
+def build_corpus(count: int, processes: int, *, ledger: str, chunk: int = 5_000) -> Corpus:
     """Sign ``count`` transactions with ``sign_transaction`` (schema check, canonical
-    encoding, Ed25519), spread over processes. Not part of any measured figure."""
+    encoding, Ed25519), spread over processes, for the ledger ``ledger`` (every bench home
+    is a copy of one template home, so they all share it). Not part of any measured
+    figure."""
     now = _dt.datetime.now(_dt.UTC).replace(microsecond=0)
     base_nonce = int(now.timestamp() * 1_000_000)
     iso = now.isoformat()
@@ -450,10 +457,12 @@ def build_corpus(count: int, processes: int, *, chunk: int = 5_000) -> Corpus:
     leaves: list[bytes] = []
     if processes <= 1 or count <= chunk:
         for lo, hi in ranges:
-            leaves.extend(make_leaves(lo, hi, base_nonce, iso))
+            leaves.extend(make_leaves(lo, hi, base_nonce, iso, ledger))
     else:
         with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(make_leaves, lo, hi, base_nonce, iso) for lo, hi in ranges]
+            futures = [
+                pool.submit(make_leaves, lo, hi, base_nonce, iso, ledger) for lo, hi in ranges
+            ]
             for future in futures:
                 leaves.extend(future.result())
     return Corpus(leaves, time.perf_counter() - start, processes)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import cProfile
 import io
 import pstats
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from typing import Any
 
 from benchkit import ACTORS, actor_key, actor_of, median, run_threads, timed
 from opsledger.app import Home
+from opsledger.app.contracts import deploy_builtins
+from opsledger.client.local import LocalClient
 from opsledger.core import (
     OpsledgerError,
     Receipt,
@@ -56,11 +59,27 @@ def registrations(home: Home) -> list[SignedTransaction]:
     ]
 
 
+def template_home(root: Path) -> Home:
+    """One ``opsledger init`` per run; every bench home is a copy of it, so they share a
+    genesis and a ledger id and one signed corpus (transactions name their ledger) feeds
+    them all."""
+    home = Home(root / "_template")
+    if not home.exists():
+        home.init(builtin_contracts=False)
+    return home
+
+
 def fresh_home(root: Path, name: str, *, contracts: bool = True) -> Home:
-    """``opsledger init`` in a new directory; by default with the built-in contracts
-    deployed, as a user's home has them (their runner evaluates build/test evidence)."""
+    """A copy of the template home; by default with the built-in contracts deployed, as
+    a user's home has them (their runner evaluates build/test evidence)."""
+    shutil.copytree(template_home(root).path, root / name)
     home = Home(root / name)
-    home.init(builtin_contracts=contracts)
+    if contracts:
+        node = home.open_node()
+        try:
+            deploy_builtins(LocalClient(node), home.signer())
+        finally:
+            node.close()
     return home
 
 

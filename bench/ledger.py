@@ -37,7 +37,7 @@ from benchkit import (
     write_json,
 )
 from growth import grow_and_measure, log2_path
-from ingest import breakdown, db_path, ingest_many, ingest_singles
+from ingest import breakdown, db_path, ingest_many, ingest_singles, template_home
 from opsledger.core import SignedTransaction, ThreadedSignatureChecker
 from opsledger.ledger import verify_store
 from opsledger.store import open_store
@@ -649,7 +649,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report.facts_text(), flush=True)
     try:
         log(f"signing a corpus of {plan.corpus:,} transactions (not measured) ...")
-        corpus = build_corpus(plan.corpus, processes=2)
+        ledger_id = template_home(root).ledger_id()
+        corpus = build_corpus(plan.corpus, processes=2, ledger=ledger_id)
         report.facts["corpus"] = (
             f"{plan.corpus:,} signed txs (build.finished/test.finished/note/deploy.finished "
             f"from 10 actors), mean leaf {corpus.mean_leaf_bytes:.0f} B, signed in "

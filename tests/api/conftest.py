@@ -95,7 +95,7 @@ def add_actor(client: LedgerClient, admin: Signer, name: str, roles: list[str]) 
     key = PrivateKey.generate()
     body = {"actor": name, "public_key": key.public_key.b64, "roles": roles, "kind": "service"}
     client.submit(admin.sign("identity.key_added", Subject("actor", name), body))
-    return Signer(name, key)
+    return Signer(name, key, ledger=admin.ledger)
 
 
 @pytest.fixture

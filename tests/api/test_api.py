@@ -204,6 +204,7 @@ def test_head_block_and_checkpoint(
     assert set(head) == {
         "height",
         "block_hash",
+        "ledger",
         "log_size",
         "log_root",
         "time",

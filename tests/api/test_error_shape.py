@@ -122,9 +122,13 @@ def write_cases(
     yield "bad signature", tampered, 403, "permission_denied", {"field": "sig"}
 
     stranger = PrivateKey.generate()
-    ghost = Signer("ghost", stranger).sign("note", Subject("test", "api"), {"text": "boo"})
+    ghost = Signer("ghost", stranger, ledger=signer.ledger).sign(
+        "note", Subject("test", "api"), {"text": "boo"}
+    )
     yield "unknown actor", ghost.leaf, 403, "permission_denied", {"field": "actor"}
-    wrong_key = Signer("admin", stranger).sign("note", Subject("t", "x"), {"text": "x"})
+    wrong_key = Signer("admin", stranger, ledger=signer.ledger).sign(
+        "note", Subject("t", "x"), {"text": "x"}
+    )
     yield "key of someone else", wrong_key.leaf, 403, "permission_denied", {"field": "key_id"}
 
     auditor = register_actor(local_client, signer, "auditor-1", ["auditor"])

@@ -113,7 +113,7 @@ def test_submit_many_gives_receipts_and_errors_in_order(
     http: HttpClient, admin: Signer, make_note: MakeNote
 ) -> None:
     first, second = make_note(admin, "a"), make_note(admin, "b")
-    ghost = make_note(Signer("ghost", PrivateKey.generate()), "boo")
+    ghost = make_note(Signer("ghost", PrivateKey.generate(), ledger=admin.ledger), "boo")
     results = http.submit_many([first, ghost, second, first])
     assert [type(r) for r in results] == [Receipt, PermissionDenied, Receipt, ReplayRejected]
     assert isinstance(results[0], Receipt)
@@ -162,7 +162,7 @@ def test_api_errors_come_back_as_our_classes(
         http.submit(stx)
     assert replay.value.details["field"] == "nonce"
     with pytest.raises(PermissionDenied):
-        http.submit(make_note(Signer("ghost", PrivateKey.generate())))
+        http.submit(make_note(Signer("ghost", PrivateKey.generate(), ledger=admin.ledger)))
 
 
 def test_home_finds_the_server(served: ServerProcess) -> None:
@@ -293,7 +293,7 @@ def test_submit_as_a_registered_actor_over_http(
     key = PrivateKey.generate()
     body = {"actor": "ci-1", "public_key": key.public_key.b64, "roles": ["ci"], "kind": "service"}
     http.submit(admin.sign("identity.key_added", Subject("actor", "ci-1"), body))
-    ci = Signer("ci-1", key)
+    ci = Signer("ci-1", key, ledger=admin.ledger)
     build = {
         "artifact": "app",
         "digest": "sha256:" + "ab" * 32,

@@ -104,7 +104,7 @@ class Recorder:
         self.client.submit(
             self.signers["admin"].sign("identity.key_added", parse_subject(f"actor:{name}"), body)
         )
-        self.signers[name] = Signer(name, key)
+        self.signers[name] = Signer(name, key, ledger=self.signers["admin"].ledger)
 
     def rec(
         self,
@@ -203,7 +203,7 @@ class Recorder:
         """A time strictly after everything so far and before everything next (ts have
         millisecond resolution)."""
         time.sleep(0.01)
-        moment = format_ts(Signer("x", PrivateKey.generate()).clock.now())
+        moment = format_ts(Signer("x", PrivateKey.generate(), ledger="").clock.now())
         time.sleep(0.01)
         return moment
 

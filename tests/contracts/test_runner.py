@@ -38,7 +38,7 @@ class World:
                 {"actor": name, "public_key": key.public_key.b64, "roles": list(roles)},
             )
         )
-        self.signers[name] = Signer(name, key)
+        self.signers[name] = Signer(name, key, ledger=self.admin.ledger)
         return self.signers[name]
 
     def record(self, actor: str, tx_type: str, body: dict[str, Any], subject: Subject = ART) -> str:
@@ -151,7 +151,9 @@ def test_a_forged_verdict_fails_verify_even_when_properly_signed(world: World) -
         k: honest[k] for k in ("contract", "version", "trigger", "request", "requirements")
     }
     forged_body["result"] = "pass"
-    node_signer = Signer(w.home.config().node, w.home.load_key(w.home.config().node))
+    node_signer = Signer(
+        w.home.config().node, w.home.load_key(w.home.config().node), ledger=w.admin.ledger
+    )
     forged = w.client.submit(
         node_signer.sign("contract.verdict", ART, forged_body, [honest["trigger"]])
     )
@@ -205,7 +207,7 @@ def test_runner_catches_up_after_a_restart(tmp_path: Path) -> None:
         )
     )
     LocalClient(node).submit(
-        Signer("dev", dev_key).sign(
+        Signer("dev", dev_key, ledger=node.checkpoint_origin).sign(
             "release.requested",
             ART,
             {"service": "shop", "version": "1", "digest": D, "commits": []},

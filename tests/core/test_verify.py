@@ -41,7 +41,7 @@ def ledger_blocks(tmp_path_factory: pytest.TempPathFactory) -> Blocks:
     node = LedgerNode(
         store, node_key=key_for("node"), orderer=InProcessOrderer(max_batch=4, max_wait=0.0)
     ).start()
-    admin = Signer("admin", key_for("admin"))
+    admin = Signer("admin", key_for("admin"), ledger=node.checkpoint_origin)
     ci_key = key_for("ci")
     node.submit(
         admin.sign(
@@ -50,7 +50,7 @@ def ledger_blocks(tmp_path_factory: pytest.TempPathFactory) -> Blocks:
             {"actor": "ci", "public_key": ci_key.public_key.b64, "roles": ["ci"]},
         )
     )
-    ci = Signer("ci", ci_key)
+    ci = Signer("ci", ci_key, ledger=node.checkpoint_origin)
     for i in range(12):
         node.submit(
             ci.sign(
@@ -158,7 +158,10 @@ def test_a_transaction_forged_for_an_actor_is_caught(ledger_blocks: Blocks) -> N
     from opsledger.core.merkle import CompactRange
 
     blocks = _copy(ledger_blocks)
-    mallory = Signer("ci", key_for("mallory"))
+    from opsledger.core import origin_for
+
+    ledger = origin_for(Block.from_bytes(blocks[0][0]).block_hash)
+    mallory = Signer("ci", key_for("mallory"), ledger=ledger)
     forged_leaf = mallory.sign(
         "build.finished",
         Subject("artifact", digest("evil")),
@@ -192,3 +195,32 @@ def test_a_transaction_forged_for_an_actor_is_caught(ledger_blocks: Blocks) -> N
     with pytest.raises(VerificationFailed, match=r"does not belong|signature") as info:
         _verify(blocks)
     assert info.value.details["tx_id"] == sha256_hex(forged_leaf)
+
+
+def test_a_transaction_replayed_from_another_ledger_is_caught(
+    ledger_blocks: Blocks, tmp_path: Path
+) -> None:
+    """The same actor and key on two ledgers (a fork, a test copy): a transaction signed
+    for one names that ledger, so neither admission nor verify accept it in the other."""
+    other = SqliteStore(tmp_path / "other.db")
+    other.initialize()
+    create_genesis(
+        other,
+        admin_name="admin",
+        admin_key=key_for("admin"),
+        node_name="node",
+        node_key=key_for("node"),
+    )
+    node = LedgerNode(other, node_key=key_for("node")).start()
+    try:
+        stranger = Signer("admin", key_for("admin"), ledger=node.checkpoint_origin)
+        replayed = stranger.sign("note", Subject("t", "x"), {"text": "from elsewhere"})
+        from opsledger.core import PermissionDenied, SignedTransaction
+
+        this_ledger = [SignedTransaction.parse(leaf) for leaf in ledger_blocks[1][1]][0]
+        with pytest.raises(PermissionDenied, match="signed for ledger"):
+            node.submit(this_ledger.leaf)
+        node.submit(replayed)
+    finally:
+        node.close()
+        other.close()

@@ -49,8 +49,13 @@ def node(db_path: Path) -> Iterator[LedgerNode]:
 
 
 @pytest.fixture
-def admin() -> Signer:
-    return Signer("admin", key_for("admin"))
+def admin(db_path: Path) -> Signer:
+    store = SqliteStore(db_path)
+    try:
+        ledger = store.get_meta("origin") or ""
+    finally:
+        store.close()
+    return Signer("admin", key_for("admin"), ledger=ledger)
 
 
 def register(node: LedgerNode, admin: Signer, actor: str, roles: list[str]) -> Signer:
@@ -62,4 +67,4 @@ def register(node: LedgerNode, admin: Signer, actor: str, roles: list[str]) -> S
             {"actor": actor, "public_key": key.public_key.b64, "roles": roles},
         )
     )
-    return Signer(actor, key)
+    return Signer(actor, key, ledger=admin.ledger)

@@ -52,7 +52,11 @@ def test_refusals_change_nothing(node: LedgerNode, admin: Signer) -> None:
     with pytest.raises(ReplayRejected):
         node.submit(stx)
     with pytest.raises(PermissionDenied, match="unknown actor"):
-        node.submit(Signer("ghost", key_for("ghost")).sign("note", NOTE, {"text": "x"}))
+        node.submit(
+            Signer("ghost", key_for("ghost"), ledger=node.checkpoint_origin).sign(
+                "note", NOTE, {"text": "x"}
+            )
+        )
     with pytest.raises(SchemaError):
         node.submit(b'{"v": 1}')
     assert node.head == head

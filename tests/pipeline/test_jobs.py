@@ -74,7 +74,7 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ledger]:
             {"service": "sample-service", "version": "1.4.0", "digest": DIGEST, "commits": []},
         )
     ).tx_id
-    yield Ledger(client, Signer("ci", key), trigger)
+    yield Ledger(client, Signer("ci", key, ledger=admin.ledger), trigger)
     client.close()
 
 

@@ -122,7 +122,10 @@ class Home:
         if builtin_contracts:
             ledger_node = self.open_node()
             try:
-                contracts = deploy_builtins(LocalClient(ledger_node), Signer(admin, admin_key))
+                contracts = deploy_builtins(
+                    LocalClient(ledger_node),
+                    Signer(admin, admin_key, ledger=ledger_node.checkpoint_origin),
+                )
             finally:
                 ledger_node.close()
         return {
@@ -150,9 +153,26 @@ class Home:
         CI can sign as its service identity without a key on disk."""
         env_key = load_key_from_env()
         name = actor or os.environ.get("OPSLEDGER_ACTOR") or self.config().admin
-        if env_key is not None:
-            return Signer(name, env_key)
-        return Signer(name, self.load_key(name))
+        key = env_key if env_key is not None else self.load_key(name)
+        return Signer(name, key, ledger=self.ledger_id())
+
+    def ledger_id(self) -> str:
+        """What transactions for this ledger must name in ``ledger``: its checkpoint
+        origin (a fork's own origin), from a running server or the store's metadata."""
+        url = self.server_url()
+        if url:
+            from opsledger.client.http import HttpClient
+
+            client = HttpClient(url)
+            try:
+                return str(client.head()["ledger"])
+            finally:
+                client.close()
+        with self.open_store() as store:
+            origin = store.get_meta("fork_origin") or store.get_meta("origin")
+        if origin is None:
+            raise NotFound(f"no ledger at {self.path}: run `opsledger init` first")
+        return str(origin)
 
     # -- opening --
     @contextlib.contextmanager
@@ -199,7 +219,9 @@ class Home:
         if writable:
             node.start()
             node_key = self.load_key(config.node)
-            runner = ContractRunner(node, contracts, Signer(config.node, node_key))
+            runner = ContractRunner(
+                node, contracts, Signer(config.node, node_key, ledger=node.checkpoint_origin)
+            )
             try:
                 attach_services(self, node, runner)
             except BaseException:

@@ -91,7 +91,9 @@ def _attach_jobs(home: Any, node: LedgerNode, runner: ContractRunner, section: A
         )
     workdir = Path(section.get("workdir", ".")).expanduser()
     executor = LocalExecutor(
-        LocalClient(node), Signer(actor, home.load_key(actor)), workdir=workdir
+        LocalClient(node),
+        Signer(actor, home.load_key(actor), ledger=node.checkpoint_origin),
+        workdir=workdir,
     )
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="contract-job")
     node.attach(_Stoppable(lambda: pool.shutdown(wait=True)))

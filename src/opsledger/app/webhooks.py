@@ -432,7 +432,7 @@ def load_github_webhook(home: Home, *, clock: Clock | None = None) -> GithubWebh
     clock = clock or SystemClock()
     return GithubWebhook(
         secret=_load_secret(home, github),
-        signer=Signer(actor, _service_key(home, actor), clock),
+        signer=Signer(actor, _service_key(home, actor), clock, ledger=home.ledger_id()),
         max_age=_max_age(path, github.get("max_age_hours", DEFAULT_MAX_AGE_HOURS)),
         deliveries=DeliveryStore(home.path / "webhooks.db"),
         clock=clock,

@@ -72,9 +72,12 @@ class Signer:
     the node; a rare collision is refused as a replay and the caller re-signs.
     """
 
-    def __init__(self, actor: str, key: PrivateKey, clock: Clock | None = None) -> None:
+    def __init__(
+        self, actor: str, key: PrivateKey, clock: Clock | None = None, *, ledger: str
+    ) -> None:
         self.actor = actor
         self.key = key
+        self.ledger = ledger  # the ledger's checkpoint origin: signatures bind to it
         self.clock = clock or SystemClock()
         self._last = 0
         self._lock = threading.Lock()
@@ -105,6 +108,7 @@ class Signer:
             subject=subject,
             body=body,
             refs=tuple(refs),
+            ledger=self.ledger,
         )
         return sign_transaction(tx, self.key)
 

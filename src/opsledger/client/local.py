@@ -76,7 +76,10 @@ class LocalClient:
 
     def head(self) -> dict[str, Any]:
         return head_view(
-            self.node.head, origin=self.node.origin, genesis_hash=self.node.genesis_hash
+            self.node.head,
+            origin=self.node.origin,
+            genesis_hash=self.node.genesis_hash,
+            ledger=self.node.checkpoint_origin,
         )
 
     def checkpoint(self, size: int | None = None) -> str:

@@ -35,6 +35,7 @@ DIGEST_PATTERN = "^sha256:[0-9a-f]{64}$"
 TX_ID_PATTERN = "^[0-9a-f]{64}$"
 NAME_PATTERN = "^[a-z0-9][a-z0-9._@-]{0,63}$"
 TYPE_PATTERN = "^[a-z][a-z0-9_]*(\\.[a-z][a-z0-9_]*)*$"
+LEDGER_PATTERN = "^(|opsledger/[0-9a-f]{32}(/fork/[0-9a-f]{8})?)$"
 TS_PATTERN = "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?Z$"
 
 _str: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 4096}
@@ -213,10 +214,24 @@ def envelope_schema() -> dict[str, Any]:
     return {
         "type": "object",
         "additionalProperties": False,
-        "required": ["v", "type", "actor", "key_id", "ts", "nonce", "subject", "body", "refs"],
+        "required": [
+            "v",
+            "type",
+            "ledger",
+            "actor",
+            "key_id",
+            "ts",
+            "nonce",
+            "subject",
+            "body",
+            "refs",
+        ],
         "properties": {
             "v": {"const": 1},
             "type": {"type": "string", "pattern": TYPE_PATTERN, "maxLength": 64},
+            # the ledger a transaction is for (its checkpoint origin; empty only in genesis)
+            # so a transaction signed for one ledger can never be replayed into another
+            "ledger": {"type": "string", "pattern": LEDGER_PATTERN},
             "actor": _name,
             "key_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
             "ts": {"type": "string", "pattern": TS_PATTERN},

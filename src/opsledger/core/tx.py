@@ -79,11 +79,13 @@ class Transaction:
     body: dict[str, Any]
     refs: tuple[str, ...] = ()
     v: int = TX_VERSION
+    ledger: str = ""  # the checkpoint origin of the ledger it is for; "" only in genesis
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "v": self.v,
             "type": self.type,
+            "ledger": self.ledger,
             "actor": self.actor,
             "key_id": self.key_id,
             "ts": self.ts,
@@ -113,7 +115,8 @@ def _assemble(obj: dict[str, Any], *, checked: bool = False) -> tuple[bytes, byt
     head = (
         f'{{"actor":"{obj["actor"]}","body":'.encode()
         + canonical(obj["body"], checked=checked)
-        + f',"key_id":"{obj["key_id"]}","nonce":{obj["nonce"]},"refs":[{refs}]'.encode()
+        + f',"key_id":"{obj["key_id"]}","ledger":"{obj["ledger"]}"'.encode()
+        + f',"nonce":{obj["nonce"]},"refs":[{refs}]'.encode()
     )
     tail = (
         b',"subject":{"id":'
@@ -178,6 +181,7 @@ class SignedTransaction:
             body=obj["body"],
             refs=tuple(obj["refs"]),
             v=obj["v"],
+            ledger=obj["ledger"],
         )
         sig = b64decode(obj["sig"], field="sig")
         message, leaf = _assemble(obj, checked=_checked)

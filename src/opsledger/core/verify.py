@@ -256,9 +256,17 @@ class LedgerVerifier:
                 raise _fail(height, "signature does not verify", tx_id=item.tx_id)
             parsed.append(item.stx)
             verified.append(item.signature_ok is True)
+        ledger = self._ledger_at(height)
         for i, stx in enumerate(parsed):
             if height > 0 and not self.registry.actors:
                 raise _fail(height, "genesis anchor outside block 0", tx_id=ids[i])
+            if stx.tx.ledger != ledger:
+                raise _fail(
+                    height,
+                    f"transaction is signed for ledger {stx.tx.ledger!r}, not {ledger!r}"
+                    " (replayed from another ledger)",
+                    tx_id=ids[i],
+                )
             try:
                 self.registry.admit(stx, signature_verified=verified[i])
             except OpsledgerError as exc:
@@ -278,6 +286,14 @@ class LedgerVerifier:
             old = items[i]
             items[i] = PreparedLeaf(old.tx_id, stx=old.stx, signature_ok=ok)
         return items
+
+    def _ledger_at(self, height: int) -> str:
+        """What every transaction of block ``height`` must name as its ledger."""
+        if height == 0:
+            return ""
+        if self._fork_origin and self._fork_height is not None and height > self._fork_height:
+            return self._fork_origin
+        return self._origin
 
     def _check_checkpoint(
         self, height: int, note: str, *, proposer: str, key: PublicKey, size: int, root: str

@@ -397,6 +397,15 @@ class LedgerNode:
         for pending in batch:
             if not pending.future.set_running_or_notify_cancel():
                 continue  # the writer gave up before ordering: nothing to write
+            if pending.stx.tx.ledger != self.checkpoint_origin:
+                pending.future.set_exception(
+                    PermissionDenied(
+                        f"transaction is signed for ledger {pending.stx.tx.ledger or 'genesis'!r};"
+                        f" this ledger is {self.checkpoint_origin!r}",
+                        field="ledger",
+                    )
+                )
+                continue
             try:
                 self.registry.check(pending.stx, signature_verified=pending.signature_verified)
             except OpsledgerError as exc:

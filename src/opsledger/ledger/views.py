@@ -31,7 +31,10 @@ def block_view(record: BlockRecord) -> dict[str, Any]:
     }
 
 
-def head_view(record: BlockRecord, *, origin: str, genesis_hash: str) -> dict[str, Any]:
+def head_view(
+    record: BlockRecord, *, origin: str, genesis_hash: str, ledger: str | None = None
+) -> dict[str, Any]:
+    """``ledger`` is what new transactions must name (the fork origin of a fork)."""
     return {
         "height": record.height,
         "block_hash": record.block_hash,
@@ -40,4 +43,5 @@ def head_view(record: BlockRecord, *, origin: str, genesis_hash: str) -> dict[st
         "time": record.time,
         "origin": origin,
         "genesis_hash": genesis_hash,
+        "ledger": ledger or origin,
     }
