@@ -217,7 +217,7 @@ def test_a_transaction_replayed_from_another_ledger_is_caught(
         replayed = stranger.sign("note", Subject("t", "x"), {"text": "from elsewhere"})
         from opsledger.core import PermissionDenied, SignedTransaction
 
-        this_ledger = [SignedTransaction.parse(leaf) for leaf in ledger_blocks[1][1]][0]
+        this_ledger = SignedTransaction.parse(ledger_blocks[1][1][0])
         with pytest.raises(PermissionDenied, match="signed for ledger"):
             node.submit(this_ledger.leaf)
         node.submit(replayed)
