@@ -271,17 +271,21 @@ def transaction_schema(tx_type: str) -> dict[str, Any]:
 
 
 @cache
-def _validator(tx_type: str) -> Callable[[Any], Any]:
-    validator: Callable[[Any], Any] = fastjsonschema.compile(transaction_schema(tx_type))
+def _body_validator(tx_type: str) -> Callable[[Any], Any]:
+    """The body's schema alone: the envelope was checked already, once."""
+    validator: Callable[[Any], Any] = fastjsonschema.compile(BODY_SCHEMAS[tx_type])
     return validator
 
 
 _envelope_validator = fastjsonschema.compile(envelope_schema())
 
 
-def _field_of(exc: Any) -> str:
+def _field_of(exc: Any, prefix: str = "") -> str:
     name = str(getattr(exc, "name", "") or "")
-    return name.removeprefix("data").lstrip(".") or "transaction"
+    inner = name.removeprefix("data")
+    if prefix:
+        return prefix + inner
+    return inner.lstrip(".") or "transaction"
 
 
 def validate_transaction(obj: Any) -> None:
@@ -296,9 +300,9 @@ def validate_transaction(obj: Any) -> None:
     if tx_type not in BODY_SCHEMAS:
         raise UnknownType(f"unknown transaction type {tx_type!r}", field="type")
     try:
-        _validator(tx_type)(obj)
+        _body_validator(tx_type)(obj["body"])
     except fastjsonschema.JsonSchemaValueException as exc:
-        field = _field_of(exc)
+        field = _field_of(exc, "body")
         raise SchemaError(f"{tx_type}: {field}: {_reason(exc)}", field=field) from None
 
 
