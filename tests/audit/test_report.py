@@ -148,7 +148,7 @@ class Recorder:
             for rm in ("rm1", "rm2"):
                 body = {"digest": d, "release": f"{service}-{version}"}
                 self.rec(f"{rm}_{name}", rm, "approval.granted", subject, body)
-        body = {"service": service, "version": version, "digest": d, "commits": [f"c-{name}"]}
+        body = {"service": service, "version": version, "digest": d, "commits": []}
         request = self.rec(name, "dev", "release.requested", subject, body)
         if verdict:
             view = self.wait_for_verdict(request, d)
@@ -422,12 +422,14 @@ def test_the_gate_verdicts_are_the_engines(history: History) -> None:
         "build": ("pass", {"build_A"}),
         "tests": ("pass", {"test_A"}),
         "scan": ("pass", {"scan_A"}),
+        "authors": ("pass", set()),  # the releases name no commits
         "approvals": ("pass", {"rm1_A", "rm2_A"}),
     }
     assert {k: v[0] for k, v in _results(h, "B").items()} == {
         "build": "pass",
         "tests": "pass",
         "scan": "pass",
+        "authors": "pass",
         "approvals": "fail",
     }
     assert _results(h, "E")["scan"][0] == "fail"
@@ -465,7 +467,7 @@ def test_verdicts_resolve_their_evidence(history: History, report: AuditReport) 
         _verdict(h, "E", 2),
         _verdict(h, "H", 2),
     ]
-    approvals = report.verdicts[2].requirements[3]
+    approvals = report.verdicts[2].requirements[4]
     assert approvals.name == "approvals"
     assert {(e.type, e.actor) for e in approvals.evidence} == {
         ("approval.granted", "rm1"),

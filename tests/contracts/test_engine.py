@@ -293,3 +293,21 @@ def test_bad_contracts_are_refused_with_line_and_reason(source: str, message: st
     with pytest.raises(InvalidInput) as info:
         parse_contract(source)
     assert message in str(info.value)
+
+
+def test_unknown_authors_fail_closed() -> None:
+    """Segregation of duties cannot be checked for a commit nobody pushed: refuse."""
+    ledger = Ledger()
+    _history(ledger)
+    request = ledger.add(
+        "release.requested",
+        "alice",
+        {"service": "shop", "version": "1.2.1", "digest": D, "commits": ["c0ffee", "deadbee"]},
+    )
+    verdict = evaluate(GATE, request, source=ledger, now=NOW)
+    assert verdict is not None
+    assert _reasons(verdict)["authors"] == (
+        "fail",
+        "no code.pushed found for commit(s) deadbee among the newest 1000 pushes:"
+        " the authors of the change cannot be established",
+    )

@@ -9,15 +9,17 @@ store alone and must reach the same body.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from opsledger.contracts import ContractBook, Evaluation, evaluate, evidence_item
 from opsledger.core import (
-    OpsledgerError,
     Registry,
     SignedTransaction,
     Subject,
@@ -70,18 +72,31 @@ class ContractRule:
 class StoreEvidence:
     """``EvidenceSource`` over a store: indexed, bounded, newest first."""
 
-    def __init__(self, store: LedgerStore, registry: Registry) -> None:
+    def __init__(self, store: LedgerStore, registry: Registry, *, cache: int = 20_000) -> None:
         self.store = store
         self.registry = registry
+        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._cache = cache
 
     def item(self, record: TxRecord) -> dict[str, Any]:
+        """The evidence item of a stored transaction. Leaves were checked canonical when
+        admitted (and again by verify), so the plain C parser suffices; items are kept
+        (an LRU by tx id): the same recent evidence serves verdict after verdict."""
+        found = self._items.get(record.tx_id)
+        if found is not None:
+            self._items.move_to_end(record.tx_id)
+            return found
         actor = self.registry.actors.get(record.actor)
-        return evidence_item(
+        item = evidence_item(
             tx_id=record.tx_id,
             leaf_index=record.leaf_index,
-            tx=parse_json(record.leaf),
+            tx=json.loads(record.leaf),
             roles=actor.roles if actor is not None else (),
         )
+        self._items[record.tx_id] = item
+        if len(self._items) > self._cache:
+            self._items.popitem(last=False)
+        return item
 
     def find(
         self, *, tx_type: str, subject: tuple[str, str] | None, before_leaf: int, limit: int
@@ -133,14 +148,13 @@ class ContractRunner:
         self.listeners: list[VerdictListener] = []
         self._queue: queue.Queue[tuple[BlockRecord, list[TxRecord]] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
-        self._idle = threading.Event()
-        self._idle.set()
         self._seen: set[str] = set()  # triggers handled: catch-up and listener may overlap
         # Subjects that have a request (e.g. a release.requested), per request type: most
         # build.finished/test.finished triggers have none and are dropped here, in the
         # committer thread, without parsing a leaf or querying the store.
         self._requests: set[tuple[str, str, str]] = set()
         self._requests_loaded = False
+        self._evidence: StoreEvidence | None = None
 
     def start(self) -> ContractRunner:
         self.node.add_commit_listener(self._enqueue)
@@ -156,13 +170,20 @@ class ContractRunner:
             self._thread = None
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
-        """Block until every queued block was evaluated (tests, CLI)."""
-        return self._idle.wait(timeout)
+        """Block until every queued block was evaluated and recorded (tests, CLI). Uses the
+        queue's own count of unfinished work, so a block queued at any moment is seen."""
+        deadline = time.monotonic() + timeout
+        with self._queue.all_tasks_done:
+            while self._queue.unfinished_tasks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._queue.all_tasks_done.wait(remaining)
+        return True
 
     def _enqueue(self, block: BlockRecord, records: list[TxRecord]) -> None:
         relevant = self._relevant(records)
         if relevant:
-            self._idle.clear()
             self._queue.put((block, relevant))
 
     def _relevant(self, records: list[TxRecord]) -> list[TxRecord]:
@@ -200,43 +221,57 @@ class ContractRunner:
         self._requests_loaded = True
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            block, records = item
+        while True:
+            item = self._queue.get()
             try:
+                if item is None:
+                    return
+                block, records = item
                 self._process(block, records)
             except Exception:
-                log.exception("contract evaluation failed at block %d", block.height)
+                log.exception("contract evaluation failed")
             finally:
-                if self._queue.empty():
-                    self._idle.set()
+                self._queue.task_done()
 
     def _process(self, block: BlockRecord, records: list[TxRecord]) -> None:
-        evidence = StoreEvidence(self.node.store, self.node.registry)
+        if self._evidence is None:
+            self._evidence = StoreEvidence(self.node.store, self.node.registry)
+        evaluations = []
         for record in records:
             if record.tx_id in self._seen:
                 continue
             self._seen.add(record.tx_id)
-            for evaluation in evaluate_trigger(self.rule.book, evidence, record, block.time):
-                self._record(evaluation)
+            evaluations.extend(evaluate_trigger(self.rule.book, self._evidence, record, block.time))
+        if evaluations:
+            self._record(evaluations)
 
-    def _record(self, evaluation: Evaluation) -> None:
-        request = evaluation.request
-        subject = Subject(request["subject"]["kind"], request["subject"]["id"])
-        refs = list(dict.fromkeys([evaluation.body["trigger"], evaluation.body["request"]]))
-        try:
-            verdict = self.node.submit(
-                self.signer.sign("contract.verdict", subject, evaluation.body, refs)
-            )
-            for tx_type, body in evaluation.records:
-                self.node.submit(self.signer.sign(tx_type, subject, body, [verdict.tx_id]))
-        except OpsledgerError:
-            log.exception("could not record the verdict of %s", evaluation.body["contract"])
-            return
-        for listener in self.listeners:
+    def _record(self, evaluations: list[Evaluation]) -> None:
+        """Sign every verdict of a block (and what each records, which refs it: a tx id is
+        known once signed) and submit them together: one block, one wait."""
+        batches = []
+        for evaluation in evaluations:
+            request = evaluation.request
+            subject = Subject(request["subject"]["kind"], request["subject"]["id"])
+            refs = list(dict.fromkeys([evaluation.body["trigger"], evaluation.body["request"]]))
+            verdict = self.signer.sign("contract.verdict", subject, evaluation.body, refs)
+            records = [
+                self.signer.sign(tx_type, subject, body, [verdict.tx_id])
+                for tx_type, body in evaluation.records
+            ]
+            pending = [self.node.submit_async(tx) for tx in [verdict, *records]]
+            batches.append((evaluation, verdict.tx_id, pending))
+        for evaluation, verdict_id, pending in batches:
             try:
-                listener(evaluation, verdict.tx_id)
+                for future in pending:
+                    future.result(60.0)
             except Exception:
-                log.exception("verdict listener failed")
+                log.exception("could not record the verdict of %s", evaluation.body["contract"])
+                continue
+            for listener in self.listeners:
+                try:
+                    listener(evaluation, verdict_id)
+                except Exception:
+                    log.exception("verdict listener failed")
 
     def catch_up(self) -> None:
         """Evaluate triggers after the newest verdict's trigger that have no verdict."""
@@ -259,7 +294,6 @@ class ContractRunner:
             block, records = pending[height]
             relevant = self._relevant(records)
             if relevant:
-                self._idle.clear()
                 self._queue.put((block, relevant))
 
     def _verdicts_since(self, start: int) -> set[str]:
