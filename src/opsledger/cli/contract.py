@@ -182,7 +182,10 @@ def list_verdicts(
         return
     rows = []
     for v in found:
-        reasons = "; ".join(f"{r['name']} {r['result']}: {r['reason']}" for r in v["requirements"])
+        reasons = "; ".join(
+            f"{r['name']} {r['result']}" + (f": {r['reason']}" if r["reason"] else "")
+            for r in v["requirements"]
+        )
         rows.append(
             (v["ts"], f"{v['contract']}@{v['version']}", v["subject"], v["result"], reasons)
         )
