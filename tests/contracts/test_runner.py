@@ -161,6 +161,14 @@ def test_a_forged_verdict_fails_verify_even_when_properly_signed(world: World) -
         w.node.verify()
     assert info.value.details["tx_id"] == forged.tx_id
     assert "recorded result pass but re-execution gives fail" in info.value.message
+    # an auditor verifying an exported bundle offline re-executes the contracts too
+    from opsledger.app.bundle import export_bundle, verify_bundle
+
+    bundle = w.home.path.parent / "audit.jsonl"
+    export_bundle(w.node.store, bundle)
+    with pytest.raises(VerificationFailed) as offline:
+        verify_bundle(bundle)
+    assert offline.value.details["tx_id"] == forged.tx_id
 
 
 def test_deployments_are_admin_only_checked_and_immutable(world: World) -> None:

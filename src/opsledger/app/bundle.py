@@ -41,19 +41,23 @@ import io
 import json
 import os
 import secrets
+import tempfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opsledger.contracts import ContractBook
 from opsledger.core import (
     Block,
+    CompactRange,
     InvalidInput,
     LedgerVerifier,
     NotFound,
     OpsledgerError,
     SignatureChecker,
+    SignedTransaction,
     ThreadedSignatureChecker,
     VerificationFailed,
     VerifyResult,
@@ -61,8 +65,14 @@ from opsledger.core import (
     b64encode,
     parse_checkpoint,
 )
-from opsledger.ledger import iter_store_blocks, verify_store
-from opsledger.store import BlockRecord, LedgerStore, TxRecord
+from opsledger.ledger import (
+    StoreEvidence,
+    check_deployments,
+    iter_store_blocks,
+    verify_contracts,
+    verify_store,
+)
+from opsledger.store import BlockRecord, LedgerStore, TxRecord, open_store
 
 __all__ = [
     "FORMAT",
@@ -70,6 +80,7 @@ __all__ = [
     "BundleReader",
     "Progress",
     "RawBlock",
+    "VerifiedCopy",
     "check_canonical",
     "export_bundle",
     "verify_bundle",
@@ -324,9 +335,9 @@ def check_canonical(height: int, data: bytes, checkpoint: str) -> None:
         raise _fail(height, "checkpoint note is not in canonical form")
 
 
-def verify_block(verifier: LedgerVerifier, raw: RawBlock) -> None:
+def verify_block(verifier: LedgerVerifier, raw: RawBlock) -> list[SignedTransaction]:
     try:
-        verifier.add_block(raw.data, raw.leaves, raw.checkpoint)
+        parsed = verifier.add_block(raw.data, raw.leaves, raw.checkpoint)
     except VerificationFailed:
         raise
     except OpsledgerError as exc:
@@ -334,6 +345,7 @@ def verify_block(verifier: LedgerVerifier, raw: RawBlock) -> None:
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
         raise _fail(raw.height, f"malformed data: {exc}") from exc
     check_canonical(raw.height, raw.data, raw.checkpoint)
+    return parsed
 
 
 def check_header(header: BundleHeader, verifier: LedgerVerifier) -> VerifyResult:
@@ -380,8 +392,15 @@ def verify_bundle(
     checker: SignatureChecker | None = None,
     progress: Progress | None = None,
 ) -> tuple[BundleHeader, VerifyResult]:
-    """Verify a bundle from the file alone (no home, no network)."""
-    with BundleReader(path) as reader, signature_checker(checker) as sig_checker:
+    """Verify a bundle from the file alone (no home, no network): every block, then every
+    contract verdict re-executed. The blocks are copied into a scratch SQLite store as
+    they verify, because re-executing a verdict needs indexed evidence lookups; the
+    scratch store is deleted afterwards."""
+    with (
+        BundleReader(path) as reader,
+        signature_checker(checker) as sig_checker,
+        tempfile.TemporaryDirectory(prefix="opsledger-verify-") as scratch,
+    ):
         header = reader.header
         verifier = LedgerVerifier(
             genesis_hash=genesis_hash,
@@ -389,11 +408,18 @@ def verify_bundle(
             fork_origin=header.fork_origin,
             fork_height=header.fork_height,
         )
-        for raw in reader.blocks():
-            verify_block(verifier, raw)
-            if progress is not None:
-                progress(raw.height, header.height)
-        return header, check_header(header, verifier)
+        store = open_store(str(Path(scratch) / "ledger.db"))
+        try:
+            copy = VerifiedCopy(store, verifier)
+            for raw in reader.blocks():
+                copy.add(raw)
+                if progress is not None:
+                    progress(raw.height, header.height)
+            result = check_header(header, verifier)
+            copy.finish()
+        finally:
+            store.close()
+        return header, result
 
 
 def verify_home_store(
@@ -503,3 +529,65 @@ def export_bundle(
         tmp.unlink(missing_ok=True)
         raise
     return {"file": str(path), **header.to_dict(), "transactions": last.log_size}
+
+
+class VerifiedCopy:
+    """Verifies each block, then appends it to a fresh store exactly as a node would
+    have (records, tree nodes, nonces), so the copy is a ledger in its own right; and at
+    the end re-executes every recorded contract verdict against it (``finish``)."""
+
+    def __init__(self, store: LedgerStore, verifier: LedgerVerifier) -> None:
+        self.store = store
+        self.verifier = verifier
+        self.tree = CompactRange.empty()
+        self.admin: str | None = None
+        self.book = ContractBook()
+
+    def add(self, raw: RawBlock) -> None:
+        stxs = verify_block(self.verifier, raw)
+        block = Block.from_bytes(raw.data)
+        header = block.header
+        if raw.height == 0 and stxs:
+            self.admin = stxs[0].tx.actor  # the genesis anchor: the first admin
+        first = self.tree.size
+        nodes = self.tree.extend([stx.leaf_hash for stx in stxs])
+        records: list[TxRecord] = []
+        nonces: dict[str, int] = {}
+        for i, stx in enumerate(stxs):
+            tx = stx.tx
+            records.append(
+                TxRecord(
+                    tx_id=stx.tx_id,
+                    leaf_index=first + i,
+                    height=raw.height,
+                    type=tx.type,
+                    actor=tx.actor,
+                    subject_kind=tx.subject.kind,
+                    subject_id=tx.subject.id,
+                    ts=tx.ts,
+                    nonce=tx.nonce,
+                    leaf=stx.leaf,
+                )
+            )
+            nonces[tx.actor] = max(nonces.get(tx.actor, -1), tx.nonce)
+        self.store.append_block(
+            BlockRecord(
+                height=raw.height,
+                block_hash=block.block_hash,
+                log_size=header.log_size,
+                log_root=header.log_root,
+                time=header.time,
+                data=raw.data,
+                checkpoint=raw.checkpoint,
+            ),
+            records,
+            nodes,
+            nonces,
+        )
+        check_deployments(self.book, raw.height, records, stxs)
+
+    def finish(self) -> int:
+        """Re-execute every recorded verdict from the copy; returns how many."""
+        return verify_contracts(
+            self.store, self.book, StoreEvidence(self.store, self.verifier.registry)
+        )

@@ -21,86 +21,29 @@ from opsledger.app.bundle import (
     BundleReader,
     Progress,
     RawBlock,
+    VerifiedCopy,
     check_header,
     signature_checker,
-    verify_block,
 )
 from opsledger.app.config import Config, write_config
 from opsledger.app.home import Home
 from opsledger.core import (
-    Block,
-    CompactRange,
     InvalidInput,
     LedgerVerifier,
     NotFound,
     PrivateKey,
     SignatureChecker,
-    SignedTransaction,
     VerificationFailed,
     VerifyResult,
     origin_for,
 )
 from opsledger.ledger import iter_store_blocks
-from opsledger.store import BlockRecord, LedgerStore, TxRecord, open_store
+from opsledger.store import open_store
 
 __all__ = ["fork_home", "import_bundle"]
 
 
 # -- building a home from verified blocks ---------------------------------------------
-
-
-class _VerifiedCopy:
-    """Verifies each block, then appends it to a fresh store exactly as a node would
-    have (records, tree nodes, nonces), so the copy is a ledger in its own right."""
-
-    def __init__(self, store: LedgerStore, verifier: LedgerVerifier) -> None:
-        self.store = store
-        self.verifier = verifier
-        self.tree = CompactRange.empty()
-        self.admin: str | None = None
-
-    def add(self, raw: RawBlock) -> None:
-        verify_block(self.verifier, raw)
-        block = Block.from_bytes(raw.data)
-        header = block.header
-        stxs = [SignedTransaction.parse(leaf) for leaf in raw.leaves]
-        if raw.height == 0 and stxs:
-            self.admin = stxs[0].tx.actor  # the genesis anchor: the first admin
-        first = self.tree.size
-        nodes = self.tree.extend([stx.leaf_hash for stx in stxs])
-        records: list[TxRecord] = []
-        nonces: dict[str, int] = {}
-        for i, stx in enumerate(stxs):
-            tx = stx.tx
-            records.append(
-                TxRecord(
-                    tx_id=stx.tx_id,
-                    leaf_index=first + i,
-                    height=raw.height,
-                    type=tx.type,
-                    actor=tx.actor,
-                    subject_kind=tx.subject.kind,
-                    subject_id=tx.subject.id,
-                    ts=tx.ts,
-                    nonce=tx.nonce,
-                    leaf=stx.leaf,
-                )
-            )
-            nonces[tx.actor] = max(nonces.get(tx.actor, -1), tx.nonce)
-        self.store.append_block(
-            BlockRecord(
-                height=raw.height,
-                block_hash=block.block_hash,
-                log_size=header.log_size,
-                log_root=header.log_root,
-                time=header.time,
-                data=raw.data,
-                checkpoint=raw.checkpoint,
-            ),
-            records,
-            nodes,
-            nonces,
-        )
 
 
 def _refuse_existing(dest: Path) -> None:
@@ -162,12 +105,13 @@ def import_bundle(
         )
         store = open_store(str(staging / "ledger.db"))
         try:
-            copy = _VerifiedCopy(store, verifier)
+            copy = VerifiedCopy(store, verifier)
             for raw in reader.blocks():
                 copy.add(raw)
                 if progress is not None:
                     progress(raw.height, header.height)
             result = check_header(header, verifier)
+            copy.finish()
             meta = {
                 "genesis_hash": result.genesis_hash,
                 "origin": result.origin,
@@ -258,12 +202,13 @@ def fork_home(
         with _staging(dest) as staging:
             store = open_store(str(staging / "ledger.db"))
             try:
-                copy = _VerifiedCopy(store, verifier)
+                copy = VerifiedCopy(store, verifier)
                 for block, records in iter_store_blocks(src, 0, at + 1):
                     copy.add(RawBlock.from_records(block, records))
                     if progress is not None:
                         progress(block.height, at)
                 result = verifier.result()
+                copy.finish()
                 if origin != origin_for(result.genesis_hash):
                     raise VerificationFailed(
                         "the store's origin does not match its genesis",

@@ -9,7 +9,12 @@ from opsledger.ledger.node import (
     Receipt,
     create_genesis,
 )
-from opsledger.ledger.verify import iter_store_blocks, verify_contracts, verify_store
+from opsledger.ledger.verify import (
+    check_deployments,
+    iter_store_blocks,
+    verify_contracts,
+    verify_store,
+)
 
 __all__ = [
     "AdmissionRule",
@@ -19,6 +24,7 @@ __all__ = [
     "LedgerNode",
     "Receipt",
     "StoreEvidence",
+    "check_deployments",
     "create_genesis",
     "iter_store_blocks",
     "load_book",

@@ -23,7 +23,7 @@ from opsledger.core import (
 from opsledger.ledger.contracts import StoreEvidence, evaluate_trigger
 from opsledger.store import BlockRecord, LedgerStore, TxQuery, TxRecord
 
-__all__ = ["iter_store_blocks", "verify_contracts", "verify_store"]
+__all__ = ["check_deployments", "iter_store_blocks", "verify_contracts", "verify_store"]
 
 PAGE = 1000
 
@@ -126,7 +126,7 @@ def verify_store(
         try:
             parsed = verifier.add_block(block.data, [r.leaf for r in records], block.checkpoint)
             _check_columns(block, records, parsed)
-            _check_deployments(book, block, records, parsed)
+            check_deployments(book, block.height, records, parsed)
         except OpsledgerError:
             raise
         except (TypeError, ValueError, AttributeError) as exc:  # a column of the wrong kind
@@ -140,12 +140,13 @@ def verify_store(
     return result
 
 
-def _check_deployments(
+def check_deployments(
     book: ContractBook,
-    block: BlockRecord,
+    height: int,
     records: Sequence[TxRecord],
     parsed: Sequence[SignedTransaction],
 ) -> None:
+    """Apply the deployment rule to a verified block's transactions, in log order."""
     for record, stx in zip(records, parsed, strict=True):
         if stx.tx.type != "contract.deployed":
             continue
@@ -153,8 +154,8 @@ def _check_deployments(
             contract = book.check(stx)
         except OpsledgerError as exc:
             raise VerificationFailed(
-                f"block {block.height}: contract deployment was not admissible: {exc.message}",
-                height=block.height,
+                f"block {height}: contract deployment was not admissible: {exc.message}",
+                height=height,
                 tx_id=record.tx_id,
             ) from exc
         book.apply(stx, record.leaf_index, contract)
