@@ -311,3 +311,9 @@ def test_unknown_authors_fail_closed() -> None:
         "no code.pushed found for commit(s) deadbee among the newest 1000 pushes:"
         " the authors of the change cannot be established",
     )
+
+
+def test_params_must_be_json_values() -> None:
+    source = HEAD + "params: {since: 2026-11-01}\nrequirements:\n  - {name: a, check: 'true'}\n"
+    with pytest.raises(InvalidInput, match="params must hold JSON values"):
+        parse_contract(source)

@@ -44,7 +44,7 @@ from typing import Any
 import yaml
 
 from opsledger.contracts._cel import CelError, Compiled, compile_expression
-from opsledger.core import sha256_hex
+from opsledger.core import InvalidInput, canonical, sha256_hex
 from opsledger.core.schemas import BODY_SCHEMAS, NAME_PATTERN
 
 __all__ = [
@@ -260,6 +260,12 @@ def parse_contract(source: str) -> Contract:
     params = doc.get("params") or {}
     if not isinstance(params, dict):
         raise _err("params must be a mapping", _line(doc, "params"))
+    try:
+        canonical(_plain(params))  # JSON values only: a YAML date or set is not one
+    except InvalidInput as exc:
+        raise _err(
+            f"params must hold JSON values only: {exc.message}", _line(doc, "params")
+        ) from None
     evidence = _parse_evidence(doc)
     derive_doc = doc.get("derive") or {}
     if not isinstance(derive_doc, dict):
@@ -276,7 +282,7 @@ def parse_contract(source: str) -> Contract:
         triggers=trigger_types,
         request=request,
         applies=applies,
-        params=dict(params),
+        params=_plain(params),
         evidence=evidence,
         derive=derive,
         requirements=requirements,
@@ -284,6 +290,15 @@ def parse_contract(source: str) -> Contract:
         records=records,
         source=source,
     )
+
+
+def _plain(value: Any) -> Any:
+    """Plain dicts and lists (the loader's line-tracking mappings are not CEL values)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _parse_evidence(doc: dict[str, Any]) -> tuple[EvidenceQuery, ...]:
