@@ -27,10 +27,9 @@ from opsledger.app.audit import (
     STILL_OPEN,
     AuditReport,
     build_report,
-    render_markdown,
-    to_json,
     with_bundle,
 )
+from opsledger.app.audit_render import render_markdown, to_json
 from opsledger.app.contracts import deploy_contract
 from opsledger.cli import app
 from opsledger.client.base import LedgerClient, Signer

@@ -16,7 +16,8 @@ from typing import Annotated
 
 import typer
 
-from opsledger.app.audit import PRODUCTION, build_report, render_markdown, to_json, with_bundle
+from opsledger.app.audit import PRODUCTION, build_report, with_bundle
+from opsledger.app.audit_render import render_markdown, to_json
 from opsledger.app.bundle import export_bundle
 from opsledger.cli._render import print_raw, say
 from opsledger.cli._state import get_state
