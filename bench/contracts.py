@@ -35,7 +35,6 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import opsledger.contracts._cel as cel_module
 import opsledger.contracts.engine as engine_module
 from benchkit import (
     CpuWatch,
@@ -345,16 +344,13 @@ def _timing(fn: Callable[..., Any], spent: dict[str, float], key: str) -> Callab
 
 @contextmanager
 def engine_timers() -> Iterator[dict[str, float]]:
-    """Time, inside ``engine.evaluate``: building activations (``activation``), and within
-    that ``canonical`` and ``parse_json`` (the rest is the library's ``Activation``); and
+    """Time, inside ``engine.evaluate``: building activations (``activation``) and
     ``Compiled.evaluate`` (CEL evaluation and conversion of the result to Python). The
     modules look these names up at call time, so wrapping them in the modules' namespaces
     times every call. Bench-only instrumentation, restored on exit."""
-    spent = {"activation": 0.0, "canonical": 0.0, "parse_json": 0.0, "cel": 0.0}
+    spent = {"activation": 0.0, "cel": 0.0}
     patches = [
         (vars(engine_module), "activation", "activation"),
-        (vars(cel_module), "canonical", "canonical"),
-        (vars(cel_module), "parse_json", "parse_json"),
     ]
     saved = [namespace[name] for namespace, name, _ in patches]
     cel_evaluate = Compiled.evaluate
@@ -452,8 +448,6 @@ class Verdicts:
     finds_items: float
     sql_us: float  # per verdict, the same queries through store.query_txs alone
     activation_us: float  # per verdict, building activations (in-memory pass)
-    canonical_us: float  # of which canonical()
-    parse_us: float  # of which parse_json()
     cel_us: float  # per verdict, Compiled.evaluate (in-memory pass)
     memory_split_us: float  # per verdict, the instrumented in-memory pass
     passed: int
@@ -757,8 +751,6 @@ def measure_verdicts(
         finds_items=recording.items / n,
         sql_us=sql_seconds / n * 1e6,
         activation_us=spent["activation"] / n * 1e6,
-        canonical_us=spent["canonical"] / n * 1e6,
-        parse_us=spent["parse_json"] / n * 1e6,
         cel_us=spent["cel"] / n * 1e6,
         memory_split_us=split_seconds / n * 1e6,
         passed=sum(body["result"] == "pass" for body in bodies),
@@ -926,36 +918,6 @@ def add_rows(report: Report, results: Sequence[SizeResult]) -> None:
                 "V",
                 "    of which building activations",
                 v.activation_us,
-                "µs",
-                "µs per verdict (share)",
-                per_verdict,
-            )
-        )
-        report.add(
-            Row(
-                "V",
-                "      canonical() of the values",
-                v.canonical_us,
-                "µs",
-                "µs per verdict (share)",
-                per_verdict,
-            )
-        )
-        report.add(
-            Row(
-                "V",
-                "      parse_json() of that text",
-                v.parse_us,
-                "µs",
-                "µs per verdict (share)",
-                per_verdict,
-            )
-        )
-        report.add(
-            Row(
-                "V",
-                "      cel Activation (the rest)",
-                v.activation_us - v.canonical_us - v.parse_us,
                 "µs",
                 "µs per verdict (share)",
                 per_verdict,
