@@ -427,7 +427,7 @@ class Lookups:
     subject_sql_us: float  # store.query_txs alone, same queries
     subject_scan_us: float  # same SQL, NOT INDEXED
     subject_hits: float
-    pushes_find_us: float  # code.pushed, subject any, limit 500
+    pushes_find_us: float  # code.pushed, subject any, limit from the contract (1000)
     pushes_sql_us: float
     pushes_scan_us: float
     pushes_hits: float
@@ -961,7 +961,7 @@ def add_rows(report: Report, results: Sequence[SizeResult]) -> None:
         report.add(
             Row(
                 "L",
-                f"find code.pushed, any subject, limit 500 @ {label(r.size)} "
+                f"find code.pushed, any subject, newest 1000 @ {label(r.size)} "
                 f"({lk.pushes_hits:.0f} hits)",
                 lk.pushes_find_us,
                 "µs",
