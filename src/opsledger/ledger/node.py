@@ -352,10 +352,41 @@ class LedgerNode:
         return result
 
     def submit_many(
-        self, items: Sequence[bytes | str | SignedTransaction], timeout: float = 120.0
+        self,
+        items: Sequence[bytes | str | SignedTransaction],
+        timeout: float = 120.0,
+        *,
+        chunk: int = 512,
     ) -> list[Receipt | OpsledgerError]:
-        """Admit many; verifies signatures in parallel batches (``checker``). Each item
-        gets its receipt or its own error, in order."""
+        """Admit many; each item gets its receipt or its own error, in order.
+
+        Items are prepared in chunks (parse, then the chunk's signatures verified in
+        parallel by ``checker``) and each chunk is handed to the orderer at once, so the
+        committer builds and stores blocks of earlier chunks while later ones are still
+        being parsed and verified."""
+        prepared: list[Pending | OpsledgerError] = []
+        for start in range(0, len(items), chunk):
+            part = self._prepare_chunk(items[start : start + chunk])
+            pendings = [p for p in part if isinstance(p, Pending)]
+            if pendings:
+                self._orderer.submit(pendings)
+            prepared.extend(part)
+        results: list[Receipt | OpsledgerError] = []
+        for p in prepared:
+            if isinstance(p, OpsledgerError):
+                results.append(p)
+                continue
+            try:
+                results.append(p.future.result(timeout))
+            except OpsledgerError as exc:
+                results.append(exc)
+            except FutureTimeout:
+                results.append(StorageError(f"not acknowledged within {timeout:g} s"))
+        return results
+
+    def _prepare_chunk(
+        self, items: Sequence[bytes | str | SignedTransaction]
+    ) -> list[Pending | OpsledgerError]:
         prepared: list[Pending | OpsledgerError] = []
         checks: list[tuple[int, PublicKey, SignedTransaction]] = []
         for position, raw in enumerate(items):
@@ -375,21 +406,7 @@ class LedgerNode:
                 item.signature_verified = True
             else:
                 prepared[position] = PermissionDenied("signature does not verify", field="sig")
-        pendings = [p for p in prepared if isinstance(p, Pending)]
-        if pendings:
-            self._orderer.submit(pendings)
-        results: list[Receipt | OpsledgerError] = []
-        for p in prepared:
-            if isinstance(p, OpsledgerError):
-                results.append(p)
-                continue
-            try:
-                results.append(p.future.result(timeout))
-            except OpsledgerError as exc:
-                results.append(exc)
-            except FutureTimeout:
-                results.append(StorageError(f"not acknowledged within {timeout:g} s"))
-        return results
+        return prepared
 
     def _deliver(self, batch: Sequence[Pending]) -> None:
         accepted: list[Pending] = []
