@@ -231,3 +231,35 @@ def test_runner_catches_up_after_a_restart(tmp_path: Path) -> None:
         again.verify()
     finally:
         again.close()
+
+
+def test_what_a_verdict_records_is_verified_too(tmp_path: Path) -> None:
+    """An sla.violation must be exactly what the sla contract's verdict says to record."""
+    home = Home(tmp_path / "h")
+    home.init()
+    w = World(home)
+    try:
+        w.actor("mon", "operator")
+        report = {
+            "service": "rpc",
+            "window_start": "2026-11-01T00:00:00.000Z",
+            "window_end": "2026-11-08T00:00:00.000Z",
+            "total": 1000,
+            "good": 990,
+        }
+        w.record("mon", "slo.reported", report, Subject("service", "rpc"))
+        violations = w.client.list_transactions({"type": "sla.violation"})
+        assert [v["transaction"]["body"]["measured"] for v in violations] == ["99%"]
+        w.node.verify()
+        verdict_id = violations[0]["transaction"]["refs"][0]
+        node_signer = Signer(
+            w.home.config().node, w.home.load_key(w.home.config().node), ledger=w.admin.ledger
+        )
+        softened = {**violations[0]["transaction"]["body"], "measured": "99.8%"}
+        w.client.submit(
+            node_signer.sign("sla.violation", Subject("service", "rpc"), softened, [verdict_id])
+        )
+        with pytest.raises(VerificationFailed, match="as the contract records"):
+            w.node.verify()
+    finally:
+        w.node.close()

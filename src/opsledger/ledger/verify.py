@@ -205,19 +205,52 @@ def _check_verdict(
         )
     block = store.get_block(trigger.height)
     assert block is not None
-    expected = next(
+    evaluation = next(
         (
-            e.body
+            e
             for e in evaluate_trigger(book, evidence, trigger, block.time)
             if e.body["contract"] == body["contract"]
         ),
         None,
     )
-    if expected is None:
+    if evaluation is None:
         raise fail("re-execution finds that the contract does not apply to its trigger")
+    expected = evaluation.body
     recorded = {key: body.get(key) for key in _VERDICT_KEYS}
     if canonical(recorded) != canonical(expected):
         raise fail(_difference(recorded, expected))
+    recorded_types = {spec.type for d in book.all() for spec in d.contract.records}
+    _check_records(store, record, list(evaluation.records), recorded_types, fail)
+
+
+def _check_records(
+    store: LedgerStore,
+    verdict: TxRecord,
+    expected: list[tuple[str, dict[str, Any]]],
+    recorded_types: set[str],
+    fail: Any,
+) -> None:
+    """What the node recorded after the verdict (an ``sla.violation``...) must be exactly
+    what the contract says to record: each refs the verdict, on the verdict's subject."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    for tx_type in sorted(recorded_types):
+        for candidate in store.query_txs(
+            TxQuery(
+                type=tx_type,
+                subject_kind=verdict.subject_kind,
+                subject_id=verdict.subject_id,
+                after=verdict.leaf_index,
+                limit=100,
+            )
+        ):
+            tx = parse_json(candidate.leaf)
+            if verdict.tx_id in tx["refs"]:
+                found.append((tx_type, tx["body"]))
+    if sorted(map(canonical, found)) != sorted(map(canonical, expected)):
+        raise fail(
+            f"it should be followed by {[t for t, _ in expected] or 'nothing'} as the contract"
+            f" records, found {[t for t, _ in found] or 'nothing'} (or with other figures)"
+        )
 
 
 def _difference(recorded: dict[str, Any], expected: dict[str, Any]) -> str:
