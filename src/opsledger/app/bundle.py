@@ -28,9 +28,9 @@ Why it looks like this:
   is the genesis hash an auditor pins with ``--genesis``; without it the bundle's own
   first block is trusted, which proves integrity but not which ledger this is.
 * **Strict bytes.** The bundle's base64 must be canonical, and blocks and checkpoint
-  notes must be in their one canonical form, so a changed byte anywhere is refused, even
-  one that means the same (whitespace in a block, a base64 character differing only in
-  unused padding bits).
+  notes must be in their one canonical form (the core verifier refuses any other), so a
+  changed byte anywhere is refused, even one that means the same (whitespace in a block,
+  a base64 character differing only in unused padding bits).
 """
 
 from __future__ import annotations
@@ -63,7 +63,6 @@ from opsledger.core import (
     VerifyResult,
     b64decode,
     b64encode,
-    parse_checkpoint,
 )
 from opsledger.ledger import (
     StoreEvidence,
@@ -81,7 +80,6 @@ __all__ = [
     "Progress",
     "RawBlock",
     "VerifiedCopy",
-    "check_canonical",
     "export_bundle",
     "verify_bundle",
     "verify_home_store",
@@ -312,29 +310,6 @@ def _gz(path: Path) -> bool:
 # -- verification -------------------------------------------------------------------
 
 
-def check_canonical(height: int, data: bytes, checkpoint: str) -> None:
-    """Refuse block bytes or a checkpoint note that are not in their one canonical form.
-
-    ``LedgerVerifier`` checks what a block's bytes mean, and the block hash covers the
-    canonical re-encoding of its header, not the stored bytes: a block with added
-    whitespace or reordered keys would verify. This refuses every other spelling, so any
-    changed byte of stored evidence is detected. Call it after the verifier accepted the
-    block (the parses below then cannot fail).
-    """
-    if not isinstance(checkpoint, str):
-        raise _fail(height, "checkpoint note is not text")
-    try:
-        block = Block.from_bytes(data)
-        parsed, signatures = parse_checkpoint(checkpoint)
-    except OpsledgerError as exc:
-        raise _fail(height, f"malformed block or checkpoint: {exc.message}") from exc
-    if block.to_bytes() != data:
-        raise _fail(height, "block bytes are not in canonical form")
-    rendered = parsed.text() + "\n" + "".join(sig.line() for sig in signatures)
-    if rendered != checkpoint:
-        raise _fail(height, "checkpoint note is not in canonical form")
-
-
 def verify_block(verifier: LedgerVerifier, raw: RawBlock) -> list[SignedTransaction]:
     try:
         parsed = verifier.add_block(raw.data, raw.leaves, raw.checkpoint)
@@ -344,7 +319,6 @@ def verify_block(verifier: LedgerVerifier, raw: RawBlock) -> list[SignedTransact
         raise _fail(raw.height, exc.message) from exc
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
         raise _fail(raw.height, f"malformed data: {exc}") from exc
-    check_canonical(raw.height, raw.data, raw.checkpoint)
     return parsed
 
 
@@ -429,36 +403,20 @@ def verify_home_store(
     checker: SignatureChecker | None = None,
     progress: Progress | None = None,
 ) -> VerifyResult:
-    """``ledger.verify_store`` (every signature, identity rule, nonce, link, root and
-    checkpoint, and the index columns) plus ``check_canonical`` on each block, pinned to
-    ``genesis_hash`` or else to the genesis hash the store's metadata names."""
+    """``ledger.verify_store`` (see there: everything, canonical bytes included), pinned to
+    ``genesis_hash`` or else to the genesis hash the store's metadata names, reporting
+    progress as (height, last height)."""
     pinned = genesis_hash or store.get_meta("genesis_hash")
     head = store.head()
     if head is None:
         raise VerificationFailed("the ledger holds no block", reason="empty store")
-    last_height = head.height
-    done = -1
 
     def on_block(height: int, log_size: int) -> None:
-        nonlocal done
-        record = store.get_block(height)
-        if record is None:
-            raise _fail(height, "block disappeared while verifying")
-        check_canonical(height, record.data, record.checkpoint)
-        done = height
         if progress is not None:
-            progress(height, last_height)
+            progress(height, head.height)
 
     with signature_checker(checker) as sig_checker:
-        try:
-            return verify_store(store, checker=sig_checker, progress=on_block, genesis_hash=pinned)
-        except OpsledgerError:
-            raise
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-            # verify_store lets some foreign errors from malformed stored values through
-            # (a checkpoint column holding bytes, for one): the block after the last good
-            # one is where it broke.
-            raise _fail(done + 1, f"malformed stored data: {exc}") from exc
+        return verify_store(store, checker=sig_checker, progress=on_block, genesis_hash=pinned)
 
 
 # -- export ---------------------------------------------------------------------------

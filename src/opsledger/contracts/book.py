@@ -84,12 +84,6 @@ class ContractBook:
                 result.append(deployment)
         return result
 
-    def get(self, name: str, version: int | None = None) -> Deployment | None:
-        deployments = self._by_name.get(name, [])
-        if version is None:
-            return deployments[-1] if deployments else None
-        return next((d for d in deployments if d.contract.version == version), None)
-
     def all(self) -> list[Deployment]:
         return [d for name in sorted(self._by_name) for d in self._by_name[name]]
 

@@ -63,10 +63,8 @@ from opsledger.core.tx import (
 )
 from opsledger.core.verify import (
     LedgerVerifier,
-    PreparedLeaf,
     VerifyResult,
     origin_for,
-    prepare_leaf,
 )
 
 __all__ = [
@@ -85,7 +83,6 @@ __all__ = [
     "NotFound",
     "OpsledgerError",
     "PermissionDenied",
-    "PreparedLeaf",
     "PrivateKey",
     "ProofError",
     "PublicKey",
@@ -120,7 +117,6 @@ __all__ = [
     "parse_json",
     "parse_subject",
     "parse_vkey",
-    "prepare_leaf",
     "root_of",
     "sha256_hex",
     "sign_block",

@@ -18,7 +18,6 @@ Genesis bootstraps it: the first transaction of block 0 must be an admin's self-
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 from dataclasses import dataclass, field
 
@@ -76,9 +75,6 @@ class Registry:
         self.actors: dict[str, Actor] = {}
         self.roles: dict[str, tuple[str, ...]] = dict(DEFAULT_ROLES)
         self._keys: dict[str, PublicKey] = {}  # every key ever added, by key_id
-
-    def copy(self) -> Registry:
-        return copy.deepcopy(self)
 
     # -- lookups --
     def known_key(self, key_id: str) -> PublicKey | None:

@@ -26,7 +26,7 @@ applies, and expected vs computed values.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from opsledger.core.block import GENESIS_PREV_HASH, Block
@@ -38,7 +38,7 @@ from opsledger.core.identity import Registry
 from opsledger.core.merkle import CompactRange, leaf_hash, root_of
 from opsledger.core.tx import SignedTransaction
 
-__all__ = ["LedgerVerifier", "PreparedLeaf", "VerifyResult", "origin_for", "prepare_leaf"]
+__all__ = ["LedgerVerifier", "VerifyResult", "origin_for"]
 
 NODE_ROLE = "node"
 
@@ -46,34 +46,6 @@ NODE_ROLE = "node"
 def origin_for(genesis_hash: str) -> str:
     """The checkpoint origin line of the ledger whose genesis header hashes to this."""
     return f"opsledger/{genesis_hash[:32]}"
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedLeaf:
-    """The stateless half of checking one leaf: parsed and schema-checked, canonical, and
-    its signature checked if the preparer knew the key. Workers in other processes make
-    these in parallel (the expensive part: parsing and Ed25519); the verifier's
-    sequential pass then applies only the stateful rules. ``signature_ok`` is None when
-    the key was unknown to the preparer; the verifier then checks the signature itself.
-    A signature checked under the key whose id is ``key_id`` is the same check the
-    registry would make, because a key id is the hash of the key."""
-
-    tx_id: str
-    stx: SignedTransaction | None = None
-    error: str | None = None
-    signature_ok: bool | None = None
-
-
-def prepare_leaf(leaf: bytes, keys: Mapping[str, PublicKey]) -> PreparedLeaf:
-    try:
-        stx = SignedTransaction.parse(leaf)
-    except OpsledgerError as exc:
-        return PreparedLeaf(sha256_hex(leaf), error=f"transaction is invalid: {exc.message}")
-    if stx.leaf != leaf:
-        return PreparedLeaf(stx.tx_id, error="transaction bytes are not canonical")
-    key = keys.get(stx.tx.key_id)
-    ok = None if key is None else key.verify(DOMAIN_TX, stx.message, stx.sig)
-    return PreparedLeaf(stx.tx_id, stx=stx, signature_ok=ok)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,21 +87,11 @@ class LedgerVerifier:
         self._origin = ""
         self._transactions = 0
 
-    @property
-    def registry_snapshot(self) -> Registry:
-        return self.registry
-
     def add_block(
-        self,
-        block_bytes: bytes,
-        leaves: Sequence[bytes],
-        checkpoint: str,
-        prepared: Sequence[PreparedLeaf] | None = None,
+        self, block_bytes: bytes, leaves: Sequence[bytes], checkpoint: str
     ) -> list[SignedTransaction]:
         """Verify the next block; return its parsed transactions (callers that need them,
-        such as the store's column check, then never parse a leaf twice). ``prepared``
-        (one per leaf, made by ``prepare_leaf``, possibly in other processes) skips the
-        parsing and signature work done there."""
+        such as the store's column check, then never parse a leaf twice)."""
         height = self._height + 1
         try:
             block = Block.from_bytes(block_bytes)
@@ -166,11 +128,7 @@ class LedgerVerifier:
                     computed=self._genesis_hash,
                 )
             self._origin = origin_for(self._genesis_hash)
-        if prepared is None or len(prepared) != len(leaves):
-            prepared = None
-            ids = [sha256_hex(leaf) for leaf in leaves]
-        else:
-            ids = [p.tx_id for p in prepared]
+        ids = [sha256_hex(leaf) for leaf in leaves]
         if list(header.tx_ids) != ids:
             bad = next(
                 (i for i, (a, b) in enumerate(zip(header.tx_ids, ids, strict=False)) if a != b),
@@ -193,7 +151,7 @@ class LedgerVerifier:
                 computed=tx_root,
             )
         proposer_key = None if height == 0 else self._proposer_key(block)
-        parsed = self._admit_all(height, leaves, ids, prepared)
+        parsed = self._admit_all(height, leaves, ids)
         self._range.extend(hashes)
         if header.log_size != self._range.size:
             raise _fail(
@@ -237,25 +195,33 @@ class LedgerVerifier:
         return state.public_key
 
     def _admit_all(
-        self,
-        height: int,
-        leaves: Sequence[bytes],
-        ids: Sequence[str],
-        prepared: Sequence[PreparedLeaf] | None,
+        self, height: int, leaves: Sequence[bytes], ids: Sequence[str]
     ) -> list[SignedTransaction]:
-        if prepared is None:
-            # Parse here and verify every signature whose key is already known in one
-            # parallel batch (threads: libsodium releases the GIL).
-            prepared = self._prepare_here(leaves)
         parsed: list[SignedTransaction] = []
-        verified: list[bool] = []
-        for item in prepared:
-            if item.error is not None or item.stx is None:
-                raise _fail(height, item.error or "transaction is invalid", tx_id=item.tx_id)
-            if item.signature_ok is False:
-                raise _fail(height, "signature does not verify", tx_id=item.tx_id)
-            parsed.append(item.stx)
-            verified.append(item.signature_ok is True)
+        for leaf, tx_id in zip(leaves, ids, strict=True):
+            try:
+                stx = SignedTransaction.parse(leaf)
+            except OpsledgerError as exc:
+                raise _fail(height, f"transaction is invalid: {exc.message}", tx_id=tx_id) from exc
+            if stx.leaf != leaf:
+                raise _fail(height, "transaction bytes are not canonical", tx_id=tx_id)
+            parsed.append(stx)
+        # Verify every signature whose key is already known in one parallel batch
+        # (threads: libsodium releases the GIL); the sequential pass below then only checks
+        # registry state. key_id is the hash of the public key, so a signature verified
+        # under the key with that id is the same check the registry would make.
+        batch: list[tuple[PublicKey, bytes, bytes, bytes]] = []
+        positions: list[int] = []
+        for i, stx in enumerate(parsed):
+            key = self.registry.known_key(stx.tx.key_id)
+            if key is not None:
+                batch.append((key, DOMAIN_TX, stx.message, stx.sig))
+                positions.append(i)
+        verified = [False] * len(parsed)
+        for i, ok in zip(positions, self._checker.verify_many(batch), strict=True):
+            if not ok:
+                raise _fail(height, "signature does not verify", tx_id=ids[i])
+            verified[i] = True
         ledger = self._ledger_at(height)
         for i, stx in enumerate(parsed):
             if height > 0 and not self.registry.actors:
@@ -272,20 +238,6 @@ class LedgerVerifier:
             except OpsledgerError as exc:
                 raise _fail(height, f"transaction refused: {exc.message}", tx_id=ids[i]) from exc
         return parsed
-
-    def _prepare_here(self, leaves: Sequence[bytes]) -> list[PreparedLeaf]:
-        items = [prepare_leaf(leaf, {}) for leaf in leaves]
-        batch: list[tuple[PublicKey, bytes, bytes, bytes]] = []
-        positions: list[int] = []
-        for i, item in enumerate(items):
-            key = self.registry.known_key(item.stx.tx.key_id) if item.stx else None
-            if key is not None and item.stx is not None:
-                batch.append((key, DOMAIN_TX, item.stx.message, item.stx.sig))
-                positions.append(i)
-        for i, ok in zip(positions, self._checker.verify_many(batch), strict=True):
-            old = items[i]
-            items[i] = PreparedLeaf(old.tx_id, stx=old.stx, signature_ok=ok)
-        return items
 
     def _ledger_at(self, height: int) -> str:
         """What every transaction of block ``height`` must name as its ledger."""

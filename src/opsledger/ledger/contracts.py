@@ -194,9 +194,10 @@ class ContractRunner:
         for r in records:
             if r.type in request_types:
                 self._requests.add((r.type, r.subject_kind, r.subject_id))
+        trigger_types = book.trigger_types
         relevant = []
         for r in records:
-            if r.type not in book.trigger_types:
+            if r.type not in trigger_types:
                 continue
             for deployment in book.triggered_by(r.type, r.leaf_index):
                 request = deployment.contract.request
@@ -284,11 +285,16 @@ class ContractRunner:
             start = trigger.leaf_index + 1 if trigger is not None else 0
         done = self._verdicts_since(start)
         pending: dict[int, tuple[BlockRecord, list[TxRecord]]] = {}
+        trigger_types = self.rule.book.trigger_types
         for record in store.iter_txs(start):
-            if record.type in self.rule.book.trigger_types and record.tx_id not in done:
+            if record.type not in trigger_types or record.tx_id in done:
+                continue
+            if record.height not in pending:
                 block = store.get_block(record.height)
-                if block is not None:
-                    pending.setdefault(block.height, (block, []))[1].append(record)
+                if block is None:
+                    continue
+                pending[record.height] = (block, [])
+            pending[record.height][1].append(record)
         self._requests_loaded = False  # contracts may have been deployed since
         for height in sorted(pending):
             block, records = pending[height]
