@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+NODE_STAMP := node_modules/.installed-stamp
 
 .PHONY: setup demo test lint bench clean
 
@@ -16,7 +17,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-setup: $(STAMP)
+# anvil (a real local EVM node) for the gateway, indexer and pipeline tests, pinned in
+# package.json and package-lock.json.
+$(NODE_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "error: npm is needed to install anvil"; exit 2; }
+	npm install --no-audit --no-fund --loglevel=error
+	@test -x node_modules/.bin/anvil || { echo "error: anvil did not install"; exit 2; }
+	@touch $(NODE_STAMP)
+
+setup: $(STAMP) $(NODE_STAMP)
 
 demo: setup
 	bash examples/demo.sh

@@ -30,8 +30,12 @@ from opsledger.cli import (
     audit,
     bundle,
     contract,
+    dora,
+    gateway,
+    index,
     init,
     keys,
+    pipeline,
     proof,
     query,
     record,
@@ -143,6 +147,8 @@ def root(
 
 for _module in (init, keys, record, query, proof, verify, bundle, serve, audit, contract, sla):
     _module.register(app)
+for _service in (pipeline, dora, gateway, index):
+    _service.register(app)
 exec_command.register(app)
 
 

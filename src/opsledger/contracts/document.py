@@ -45,7 +45,8 @@ import yaml
 
 from opsledger.contracts._cel import CelError, Compiled, compile_expression
 from opsledger.core import InvalidInput, canonical, sha256_hex
-from opsledger.core.schemas import BODY_SCHEMAS, NAME_PATTERN
+from opsledger.core.schema_parts import NAME_PATTERN
+from opsledger.core.schemas import BODY_SCHEMAS
 
 __all__ = [
     "MAX_EVIDENCE",

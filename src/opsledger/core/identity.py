@@ -30,7 +30,7 @@ __all__ = ["DEFAULT_ROLES", "OPEN_TYPES", "Actor", "KeyState", "Registry"]
 DEFAULT_ROLES: dict[str, tuple[str, ...]] = {
     "admin": ("*",),
     "developer": ("code.pushed", "release.requested"),
-    "ci": ("code.pushed", "build.*", "test.*", "scan.*", "job.*", "deploy.*"),
+    "ci": ("code.pushed", "build.*", "test.*", "scan.*", "job.*", "deploy.*", "pipeline.*"),
     "release-manager": ("approval.granted", "release.*"),
     "operator": ("deploy.*", "access.*", "alert.*", "incident.*", "slo.*"),
     "node": (

@@ -13,13 +13,32 @@ at ~10 µs per transaction against ~180 µs for ``jsonschema`` (the ingest budge
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
 import fastjsonschema
 
+from opsledger.core.bodies_gateway import SCHEMAS as _GATEWAY_BODIES
+from opsledger.core.bodies_indexer import SCHEMAS as _INDEXER_BODIES
+from opsledger.core.bodies_pipeline import SCHEMAS as _PIPELINE_BODIES
 from opsledger.core.errors import SchemaError, UnknownType
+from opsledger.core.schema_parts import (
+    DIGEST_PATTERN,
+    LEDGER_PATTERN,
+    TS_PATTERN,
+    TX_ID_PATTERN,
+    TYPE_PATTERN,
+)
+from opsledger.core.schema_parts import commit_ids as _commit_ids
+from opsledger.core.schema_parts import count as _count
+from opsledger.core.schema_parts import digest as _digest
+from opsledger.core.schema_parts import name as _name
+from opsledger.core.schema_parts import obj as _obj
+from opsledger.core.schema_parts import pass_fail as _pass_fail
+from opsledger.core.schema_parts import status as _status
+from opsledger.core.schema_parts import string as _str
+from opsledger.core.schema_parts import text as _text
 
 __all__ = [
     "BODY_SCHEMAS",
@@ -30,44 +49,6 @@ __all__ = [
     "transaction_types",
     "validate_transaction",
 ]
-
-DIGEST_PATTERN = "^sha256:[0-9a-f]{64}$"
-TX_ID_PATTERN = "^[0-9a-f]{64}$"
-NAME_PATTERN = "^[a-z0-9][a-z0-9._@-]{0,63}$"
-TYPE_PATTERN = "^[a-z][a-z0-9_]*(\\.[a-z][a-z0-9_]*)*$"
-LEDGER_PATTERN = "^(|opsledger/[0-9a-f]{32}(/fork/[0-9a-f]{8})?)$"
-TS_PATTERN = "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?Z$"
-
-_str: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 4096}
-_text: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 65536}
-_count: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}
-_digest: dict[str, Any] = {"type": "string", "pattern": DIGEST_PATTERN}
-_name: dict[str, Any] = {"type": "string", "pattern": NAME_PATTERN}
-_status: dict[str, Any] = {"enum": ["success", "failure"]}
-_pass_fail: dict[str, Any] = {"enum": ["pass", "fail"]}
-_commit_ids: dict[str, Any] = {"type": "array", "items": _str, "maxItems": 10000}
-
-
-def _obj(required: Mapping[str, Any], optional: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": sorted(required),
-        "properties": {**required, **(optional or {})},
-    }
-
-
-_deploy = _obj(
-    {
-        "service": _str,
-        "environment": _str,
-        "version": _str,
-        "digest": _digest,
-        "strategy": {"enum": ["rolling", "blue-green", "canary", "recreate"]},
-        "status": {"enum": ["started", "success", "failure", "rolled_back"]},
-        "commits": _commit_ids,
-    },
-    {"reason": _text, "deploy": {"type": "string", "pattern": TX_ID_PATTERN}},
-)
 
 BODY_SCHEMAS: dict[str, dict[str, Any]] = {
     "note": _obj({"text": _text}),
@@ -101,9 +82,6 @@ BODY_SCHEMAS: dict[str, dict[str, Any]] = {
         {"service": _str, "version": _str, "digest": _digest, "commits": _commit_ids}
     ),
     "release.approved": _obj({"service": _str, "version": _str, "digest": _digest}),
-    "deploy.started": _deploy,
-    "deploy.finished": _deploy,
-    "deploy.rolled_back": _deploy,
     "access.opened": _obj(
         {
             "environment": _str,
@@ -147,10 +125,6 @@ BODY_SCHEMAS: dict[str, dict[str, Any]] = {
             "latency_p99_ms": {"type": "number", "minimum": 0},
             "source": _str,
         },
-    ),
-    "job.started": _obj({"run": _str, "job": _str}),
-    "job.finished": _obj(
-        {"run": _str, "job": _str, "status": _status, "exit_code": {"type": "integer"}}
     ),
     "contract.deployed": _obj(
         {"name": _name, "version": _count, "source": _text, "digest": _digest}
@@ -207,6 +181,13 @@ BODY_SCHEMAS: dict[str, dict[str, Any]] = {
         }
     ),
 }
+
+
+for _service_bodies in (_PIPELINE_BODIES, _GATEWAY_BODIES, _INDEXER_BODIES):
+    _twice = sorted(set(_service_bodies) & set(BODY_SCHEMAS))
+    if _twice:  # pragma: no cover - a programming error caught by any import
+        raise RuntimeError(f"transaction types defined twice: {', '.join(_twice)}")
+    BODY_SCHEMAS.update(_service_bodies)
 
 
 def envelope_schema() -> dict[str, Any]:

@@ -1,0 +1,9 @@
+"""Bodies of the transactions the gateway writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["SCHEMAS"]
+
+SCHEMAS: dict[str, dict[str, Any]] = {}
