@@ -28,6 +28,7 @@ from typing import IO, Any
 from opsledger.app.config import Config, load_config, write_config
 from opsledger.app.contracts import deploy_builtins
 from opsledger.app.keys import key_path, load_key, load_key_from_env, write_key
+from opsledger.app.recorder import BackgroundRecorder
 from opsledger.app.services import attach_services
 from opsledger.client.base import LedgerClient, Signer
 from opsledger.client.local import LocalClient
@@ -273,6 +274,11 @@ class Home:
             return None  # stale file from a dead server
         finally:
             handle.close()
+
+    def recorder(self, actor: str | None = None) -> BackgroundRecorder:
+        """A recorder for a long-running service: it never holds the writer lock for
+        longer than one batch, so other writers (the CLI, ``serve``) keep working."""
+        return BackgroundRecorder(self.client, self.signer(actor))
 
     def client(self) -> LedgerClient:
         """A client for this home: HTTP to a running server, else an in-process node."""

@@ -25,7 +25,7 @@ from opsledger.core import (
     sign_transaction,
 )
 
-__all__ = ["LedgerClient", "Signer", "TxFilter", "submit_signed"]
+__all__ = ["LedgerClient", "NullRecorder", "Recorder", "Signer", "TxFilter", "submit_signed"]
 
 TxFilter = dict[str, Any]
 """Filters for ``list_transactions``: type, actor, subject ("kind:id"), since, until,
@@ -62,6 +62,47 @@ class LedgerClient(Protocol):
         """``{actor, roles, kind, keys: [{key_id, active}], last_nonce}``."""
 
     def close(self) -> None: ...
+
+
+class Recorder(Protocol):
+    """Where a long-running service (gateway, indexer, monitor) writes its evidence.
+
+    ``record`` never blocks the service's hot path on the ledger: an implementation may
+    queue, batch and retry, and ``flush`` waits until everything queued is on the ledger
+    (or raises). Services depend on this protocol only, so they run the same with a local
+    ledger, a remote ``opsledger serve`` or no ledger at all (``NullRecorder``).
+    """
+
+    def record(
+        self,
+        tx_type: str,
+        subject: Subject,
+        body: dict[str, Any],
+        refs: Sequence[str] = (),
+    ) -> None: ...
+
+    def flush(self, timeout: float = 10.0) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullRecorder:
+    """Records nothing: a service started without a ledger home."""
+
+    def record(
+        self,
+        tx_type: str,
+        subject: Subject,
+        body: dict[str, Any],
+        refs: Sequence[str] = (),
+    ) -> None:
+        return None
+
+    def flush(self, timeout: float = 10.0) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
 
 
 class Signer:
