@@ -30,6 +30,7 @@ from opsledger.cli import (
     audit,
     bundle,
     contract,
+    deploy,
     dora,
     gateway,
     index,
@@ -42,6 +43,7 @@ from opsledger.cli import (
     serve,
     sla,
     verify,
+    worker,
 )
 from opsledger.cli import exec as exec_command
 from opsledger.cli._state import Consoles, State
@@ -147,7 +149,7 @@ def root(
 
 for _module in (init, keys, record, query, proof, verify, bundle, serve, audit, contract, sla):
     _module.register(app)
-for _service in (pipeline, dora, gateway, index):
+for _service in (pipeline, worker, deploy, dora, gateway, index):
     _service.register(app)
 exec_command.register(app)
 
