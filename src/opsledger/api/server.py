@@ -21,10 +21,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
@@ -32,6 +30,7 @@ import uvicorn
 from opsledger.api.app import create_app
 from opsledger.api.webhooks import enable_github_webhook
 from opsledger.app import Home, load_github_webhook
+from opsledger.app.signals import stop_on_signals
 from opsledger.client.local import LocalClient
 from opsledger.core import ConfigError
 
@@ -119,37 +118,6 @@ class _Server(uvicorn.Server):
             self._on_started()
 
 
-class _Stopped(BaseException):
-    """Raised by our SIGINT/SIGTERM handler; a BaseException so no ``except Exception``
-    on the way swallows it."""
-
-
-def _stop(signum: int, frame: object) -> None:
-    raise _Stopped(signum)
-
-
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    """End serving on SIGINT/SIGTERM with our cleanup, whenever the signal comes.
-
-    While uvicorn runs it holds its own handlers (graceful shutdown) and, once done,
-    re-raises the signal under the handlers it found: ours, which raise ``_Stopped``
-    instead of the default SIGTERM action that would kill the process before ``serve``
-    removes ``serve.json`` and closes the node. A signal before uvicorn's handlers are
-    in place raises ``_Stopped`` at once. Only possible in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    except _Stopped:
-        pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def serve(home: Home, listen: str, *, access_log: bool = False) -> None:
     """Serve ``home``'s ledger on ``listen`` until SIGINT/SIGTERM. Raises ``ConfigError``
     for a bad address, a busy port, or when another process writes this home."""
@@ -170,7 +138,7 @@ def serve(home: Home, listen: str, *, access_log: bool = False) -> None:
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
             )
             server = _Server(config, lambda: _write_serve_file(home.serve_path, url))
-            with _stop_on_signals():
+            with stop_on_signals():
                 server.run(sockets=[sock])
         finally:
             sock.close()

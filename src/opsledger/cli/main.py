@@ -33,9 +33,11 @@ from opsledger.cli import (
     deploy,
     dora,
     gateway,
+    incident,
     index,
     init,
     keys,
+    monitor,
     pipeline,
     proof,
     query,
@@ -149,7 +151,7 @@ def root(
 
 for _module in (init, keys, record, query, proof, verify, bundle, serve, audit, contract, sla):
     _module.register(app)
-for _service in (pipeline, worker, deploy, dora, gateway, index):
+for _service in (pipeline, worker, deploy, dora, gateway, index, monitor, incident):
     _service.register(app)
 exec_command.register(app)
 

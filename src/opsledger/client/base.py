@@ -25,7 +25,15 @@ from opsledger.core import (
     sign_transaction,
 )
 
-__all__ = ["LedgerClient", "NullRecorder", "Recorder", "Signer", "TxFilter", "submit_signed"]
+__all__ = [
+    "LedgerClient",
+    "NullRecorder",
+    "Recorder",
+    "Signer",
+    "TxFilter",
+    "all_transactions",
+    "submit_signed",
+]
 
 TxFilter = dict[str, Any]
 """Filters for ``list_transactions``: type, actor, subject ("kind:id"), since, until,
@@ -62,6 +70,21 @@ class LedgerClient(Protocol):
         """``{actor, roles, kind, keys: [{key_id, active}], last_nonce}``."""
 
     def close(self) -> None: ...
+
+
+def all_transactions(
+    client: LedgerClient, filters: TxFilter, *, page_size: int = 1000
+) -> list[dict[str, Any]]:
+    """Every row matching ``filters``, oldest first, page by page (the cursor is the
+    leaf index, so rows committed while paging are neither skipped nor repeated)."""
+    rows: list[dict[str, Any]] = []
+    after = filters.get("after")
+    while True:
+        page = client.list_transactions({**filters, "after": after, "limit": page_size})
+        rows.extend(page)
+        if len(page) < page_size:
+            return rows
+        after = int(page[-1]["leaf_index"])
 
 
 class Recorder(Protocol):

@@ -21,6 +21,7 @@ import fastjsonschema
 
 from opsledger.core.bodies_gateway import SCHEMAS as _GATEWAY_BODIES
 from opsledger.core.bodies_indexer import SCHEMAS as _INDEXER_BODIES
+from opsledger.core.bodies_monitor import SCHEMAS as _MONITOR_BODIES
 from opsledger.core.bodies_pipeline import SCHEMAS as _PIPELINE_BODIES
 from opsledger.core.errors import SchemaError, UnknownType
 from opsledger.core.schema_parts import (
@@ -103,12 +104,6 @@ BODY_SCHEMAS: dict[str, dict[str, Any]] = {
         },
         {"output_digest": _digest},
     ),
-    "alert.fired": _obj({"alert": _str, "severity": _str}, {"summary": _text}),
-    "alert.resolved": _obj({"alert": _str}),
-    "incident.opened": _obj(
-        {"id": _str, "severity": {"enum": ["SEV1", "SEV2", "SEV3", "SEV4"]}, "title": _text}
-    ),
-    "incident.resolved": _obj({"id": _str}),
     "sla.violation": _obj(
         {"contract": _str, "objective": _str, "period": _str, "measured": _str, "target": _str}
     ),
@@ -183,7 +178,7 @@ BODY_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
-for _service_bodies in (_PIPELINE_BODIES, _GATEWAY_BODIES, _INDEXER_BODIES):
+for _service_bodies in (_PIPELINE_BODIES, _GATEWAY_BODIES, _INDEXER_BODIES, _MONITOR_BODIES):
     _twice = sorted(set(_service_bodies) & set(BODY_SCHEMAS))
     if _twice:  # pragma: no cover - a programming error caught by any import
         raise RuntimeError(f"transaction types defined twice: {', '.join(_twice)}")

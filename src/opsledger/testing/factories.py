@@ -107,7 +107,13 @@ def sample_bodies() -> dict[str, dict[str, Any]]:
         "alert.fired": {"alert": "NodeHeadLag", "severity": "critical"},
         "alert.resolved": {"alert": "NodeHeadLag"},
         "incident.opened": {"id": "INC-7", "severity": "SEV2", "title": "RPC errors"},
+        "incident.acknowledged": {"id": "INC-7", "owner": "carol"},
+        "incident.assigned": {"id": "INC-7", "owner": "dave"},
+        "incident.updated": {"id": "INC-7", "text": "failing over to node-b"},
+        "incident.attributed": {"id": "INC-7", "deploy": "c" * 64, "decision": "confirmed"},
         "incident.resolved": {"id": "INC-7"},
+        "incident.postmortem": {"id": "INC-7", "digest": "sha256:" + "d" * 64},
+        "incident.action_item": {"id": "INC-7", "item": 1, "title": "alert on lag", "owner": "eve"},
         "sla.violation": {
             "contract": "rpc-sla",
             "objective": "availability",
