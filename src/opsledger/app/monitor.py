@@ -96,7 +96,7 @@ class _LedgerStatus:
 
     def _ledger(self, now: datetime) -> tuple[list[Any], dict[str, Any]]:
         if self.home is None:
-            return [], {}
+            return [], uptime_days(self.service.config, self.service.alert_rows(), now)
         if self._cached and time.monotonic() - self._cached[0] < self.ttl:
             return self._cached[1], self._cached[2]
         client = self.home.client() if self.home.server_url() else None

@@ -190,6 +190,8 @@ class MonitorService:
         entry = {
             "kind": transition.kind,
             "alert": alert.rule.alert,
+            "fingerprint": alert.fingerprint,
+            "severity": severity,
             "labels": labels,
             "summary": summary,
             "at": format_ts_seconds(transition.at),
@@ -273,6 +275,24 @@ class MonitorService:
                 Subject("incident", incident),
                 {"id": incident, "text": f"Alert {alert.rule.alert} resolved: {summary}"},
             )
+
+    def alert_rows(self) -> list[dict[str, Any]]:
+        """This process's alert history shaped like ledger rows (status page without a
+        ledger: uptime since the monitor started)."""
+        return [
+            {
+                "transaction": {
+                    "type": f"alert.{'fired' if e['kind'] == 'firing' else 'resolved'}",
+                    "ts": e["at"],
+                    "body": {
+                        "fingerprint": e["fingerprint"],
+                        "severity": e["severity"],
+                        "labels": e["labels"],
+                    },
+                }
+            }
+            for e in self.history
+        ]
 
     # -- Alertmanager's webhook --
     def ingest_alertmanager(self, payload: Mapping[str, Any]) -> int:
