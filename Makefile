@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.installed-stamp
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup system-packages demo test lint bench bench-pipeline bench-gateway bench-gateway-quick clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -25,7 +25,12 @@ $(NODE_STAMP): package.json package-lock.json
 	@test -x node_modules/.bin/anvil || { echo "error: anvil did not install"; exit 2; }
 	@touch $(NODE_STAMP)
 
-setup: $(STAMP) $(NODE_STAMP)
+# Real components the tests run: Prometheus (promtool test rules, a real scrape) and
+# headless Chromium (the status page), from Debian's packages.
+system-packages:
+	@scripts/debian-packages.sh promtool:prometheus prometheus:prometheus chromium:chromium
+
+setup: $(STAMP) $(NODE_STAMP) system-packages
 
 demo: setup
 	bash examples/demo.sh
@@ -41,6 +46,18 @@ test: lint
 
 bench: setup
 	$(PY) bench/ledger.py
+
+bench-pipeline: setup
+	$(PY) bench/pipeline.py
+
+# The gateway benchmark runs HAProxy (the generic load balancer baseline) and wrk.
+bench-gateway: setup
+	@scripts/debian-packages.sh haproxy:haproxy wrk:wrk
+	$(PY) bench/gateway.py
+
+bench-gateway-quick: setup
+	@scripts/debian-packages.sh haproxy:haproxy wrk:wrk
+	$(PY) bench/gateway.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis demo-out
