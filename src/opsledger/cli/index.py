@@ -1,11 +1,158 @@
-"""``opsledger index``: (being built)."""
+"""``opsledger index``: index contract events from EVM chains into SQL tables."""
 
 from __future__ import annotations
 
-import typer
+from pathlib import Path
+from typing import Annotated
 
-__all__ = ["register"]
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from opsledger.app.indexer import (
+    indexer_recorder,
+    indexer_status,
+    load_indexer_config,
+    run_indexer,
+    serve_index_api,
+)
+from opsledger.cli._render import print_json_lines, print_table
+from opsledger.cli._state import get_state
+from opsledger.indexer.backfill import Progress as BackfillProgress
+
+__all__ = ["index_app", "register"]
+
+index_app = typer.Typer(
+    help="Chain event indexer: backfill, follow the head, roll back reorgs.",
+    invoke_without_command=True,
+)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", help="A YAML file with the indexer section (default: opsledger.yaml's)."
+    ),
+]
+
+
+def _home_given(ctx: typer.Context) -> bool:
+    # By name: typer may carry its own copy of click's ParameterSource enum.
+    source = ctx.find_root().get_parameter_source("home")
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+@index_app.callback()
+def index(
+    ctx: typer.Context,
+    config: ConfigOption = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Stop at the head instead of following it.")
+    ] = False,
+    listen: Annotated[
+        str | None,
+        typer.Option(
+            "--listen",
+            help="Serve the query API (REST /api/v1, GraphQL /graphql) on HOST:PORT while"
+            " indexing.",
+        ),
+    ] = None,
+) -> None:
+    """Backfill every configured chain, then follow the head (Ctrl-C stops).
+
+    Example: opsledger index --config indexer.yaml --once
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    state = get_state(ctx)
+    home = state.home if _home_given(ctx) else None
+    loaded = load_indexer_config(config, home)
+    recorder = indexer_recorder(home)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[events]} events"),
+        TimeElapsedColumn(),
+        console=state.err,
+        transient=False,
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(p: BackfillProgress) -> None:
+            total = max(1, p.target - p.start + 1)
+            if p.chain not in tasks:
+                tasks[p.chain] = bar.add_task(p.chain, total=total, events=0)
+            bar.update(
+                tasks[p.chain], total=total, completed=p.height - p.start + 1, events=p.events
+            )
+
+        service = run_indexer(loaded, recorder, once=once, on_progress=progress, listen=listen)
+    for chain, rpc in service.rpcs.items():
+        state.err.print(
+            f"{chain}: {rpc.stats.calls} RPC calls, {rpc.stats.errors} errors, "
+            f"{sum(1 for r in service.reorgs if r.chain == chain)} reorgs"
+        )
+
+
+@index_app.command("serve")
+def serve(
+    ctx: typer.Context,
+    config: ConfigOption = None,
+    listen: Annotated[
+        str, typer.Option("--listen", help="HOST:PORT for the query API.")
+    ] = "127.0.0.1:8547",
+) -> None:
+    """Serve the query API (REST /api/v1/tables, GraphQL /graphql) over an existing index.
+
+    Example: opsledger index serve --config indexer.yaml --listen 127.0.0.1:8547
+    """
+    state = get_state(ctx)
+    home = state.home if _home_given(ctx) else None
+    loaded = load_indexer_config(config, home)
+    state.err.print(f"index API on http://{listen} (REST /api/v1/tables, GraphQL /graphql)")
+    serve_index_api(loaded, listen)
+
+
+@index_app.command("status")
+def index_status(
+    ctx: typer.Context,
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """Per chain: head, indexed height, lag, events, events/s, reorgs.
+
+    Example: opsledger index status --config indexer.yaml
+    """
+    state = get_state(ctx)
+    home = state.home if _home_given(ctx) else None
+    rows = indexer_status(load_indexer_config(config, home))
+    if as_json:
+        print_json_lines(state.out, rows)
+        return
+    print_table(
+        state.out,
+        ["chain", "head", "height", "lag", "events", "events/s", "reorgs", "max depth"],
+        [
+            (
+                r["chain"],
+                f"{r['head']}" + ("" if r["head_live"] else " (last seen)"),
+                r["height"],
+                r["lag"],
+                r["events"],
+                r["events_per_second"],
+                r["reorgs"],
+                r["max_reorg_depth"],
+            )
+            for r in rows
+        ],
+    )
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root command."""
+    app.add_typer(index_app, name="index")
