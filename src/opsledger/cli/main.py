@@ -44,6 +44,7 @@ from opsledger.cli import (
     record,
     serve,
     sla,
+    slo,
     verify,
     worker,
 )
@@ -149,7 +150,7 @@ def root(
     ctx.obj = State(home_path=home, verbose=verbose, consoles=_consoles(ctx))
 
 
-for _module in (init, keys, record, query, proof, verify, bundle, serve, audit, contract, sla):
+for _module in (init, keys, record, query, proof, verify, bundle, serve, audit, contract, sla, slo):
     _module.register(app)
 for _service in (pipeline, worker, deploy, dora, gateway, index, monitor, incident):
     _service.register(app)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from opsledger.app.home import Home
+from opsledger.cli._render import print_json, print_table, say
 from opsledger.cli._state import get_state
 
 __all__ = ["register"]
@@ -18,6 +19,10 @@ monitor_app = typer.Typer(
 )
 rules_app = typer.Typer(help="The alert rules, as Prometheus rule files.", no_args_is_help=True)
 monitor_app.add_typer(rules_app, name="rules")
+silence_app = typer.Typer(
+    help="Mute alerts for a while, on the ledger (who, why, until when).", no_args_is_help=True
+)
+monitor_app.add_typer(silence_app, name="silence")
 
 ConfigOption = Annotated[
     Path | None,
@@ -83,6 +88,89 @@ def check(ctx: typer.Context, config: ConfigOption = None) -> None:
             highlight=False,
         )
     state.out.print(f"ok: {len(settings.targets)} target(s), {len(rules)} rule(s)", markup=False)
+
+
+@silence_app.command("add")
+def silence_add(
+    ctx: typer.Context,
+    match: Annotated[
+        list[str],
+        typer.Option("--match", "-m", help="A label matcher: name=value, name=~regex, ..."),
+    ],
+    comment: Annotated[str, typer.Option("--comment", help="Why (required).")],
+    duration: Annotated[str, typer.Option("--for", help="How long: 30m, 2h, 1d.")] = "1h",
+    actor: Annotated[
+        str | None, typer.Option("--as", help="Act as this actor (default: the admin).")
+    ] = None,
+) -> None:
+    """Silence the alerts every matcher selects; running monitors pick it up in seconds.
+
+    Example: opsledger monitor silence add -m alertname=NodeHeadLag -m target=node-a
+    --for 2h --comment "node-a resyncing after the upgrade"
+    """
+    from opsledger.app.monitor import create_silence
+
+    state = get_state(ctx)
+    signer = state.home.signer(actor)
+    with state.writer() as client:
+        body = create_silence(client, signer, match, duration, comment)
+    say(state.out, f"{body['id']} until {body['ends_at']}")
+
+
+@silence_app.command("list")
+def silence_list(
+    ctx: typer.Context,
+    everything: Annotated[bool, typer.Option("--all", help="Include expired silences.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Active and pending silences (``--all``: expired too), newest first.
+
+    Example: opsledger monitor silence list
+    """
+    from opsledger.app.monitor import list_silences
+
+    state = get_state(ctx)
+    with state.reader() as client:
+        rows = list_silences(client, everything=everything)
+    if as_json:
+        print_json(state.out, rows)
+        return
+    print_table(
+        state.out,
+        ["id", "state", "matchers", "until", "by", "comment"],
+        [
+            (
+                r["id"],
+                r["state"],
+                " ".join(r["matchers"]),
+                r["ends_at"],
+                r["created_by"],
+                r["comment"],
+            )
+            for r in rows
+        ],
+    )
+
+
+@silence_app.command("expire")
+def silence_expire(
+    ctx: typer.Context,
+    silence_id: Annotated[str, typer.Argument(help="The silence's id (SIL-...).")],
+    actor: Annotated[
+        str | None, typer.Option("--as", help="Act as this actor (default: the admin).")
+    ] = None,
+) -> None:
+    """End a silence now.
+
+    Example: opsledger monitor silence expire SIL-0123456789
+    """
+    from opsledger.app.monitor import expire_silence
+
+    state = get_state(ctx)
+    signer = state.home.signer(actor)
+    with state.writer() as client:
+        expire_silence(client, signer, silence_id)
+    say(state.out, f"expired {silence_id}")
 
 
 def _home(ctx: typer.Context) -> Home | None:

@@ -32,7 +32,15 @@ DEFAULT_ROLES: dict[str, tuple[str, ...]] = {
     "developer": ("code.pushed", "release.requested"),
     "ci": ("code.pushed", "build.*", "test.*", "scan.*", "job.*", "deploy.*", "pipeline.*"),
     "release-manager": ("approval.granted", "release.*"),
-    "operator": ("deploy.*", "access.*", "alert.*", "incident.*", "slo.*"),
+    "operator": (
+        "deploy.*",
+        "access.*",
+        "alert.*",
+        "incident.*",
+        "slo.*",
+        "monitor.silence",
+        "monitor.silence_expired",
+    ),
     "node": (
         "contract.verdict",
         "sla.violation",

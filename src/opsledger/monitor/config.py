@@ -16,8 +16,10 @@ from urllib.parse import urlsplit
 
 from opsledger.core.errors import ConfigError
 from opsledger.monitor.promql import PromQLError, parse_duration
+from opsledger.monitor.slo import SLO, parse_slos
+from opsledger.notify.routing import Matcher, Route, parse_routes
 
-__all__ = ["MonitorConfig", "RulesConfig", "Target", "parse_monitor_config"]
+__all__ = ["MonitorConfig", "RulesConfig", "Target", "parse_monitor_config", "parse_target"]
 
 TargetKind = Literal["evm", "http", "tls", "command", "indexer"]
 _KINDS: tuple[str, ...] = ("evm", "http", "tls", "command", "indexer")
@@ -63,6 +65,14 @@ class MonitorConfig:
     notify: tuple[Mapping[str, Any], ...] = ()
     incident_severity: str = "critical"
     status_title: str = "Service status"
+    slos: tuple[SLO, ...] = ()
+    routes: tuple[Route, ...] = ()
+    # the environment variable holding the write API's bearer token (not the token)
+    api_token_env: str = "OPSLEDGER_MONITOR_TOKEN"  # noqa: S105
+    receivers: tuple[str, ...] = ()  # the name of each notify entry, in order
+
+    def receiver_names(self) -> dict[str, Mapping[str, Any]]:
+        return dict(zip(self.receivers, self.notify, strict=True))
 
 
 def _duration(value: Any, key: str) -> float:
@@ -156,6 +166,11 @@ def _target(raw: Any, where: str, defaults: Mapping[str, float]) -> Target:
     )
 
 
+def parse_target(raw: Any, where: str, defaults: Mapping[str, float]) -> Target:
+    """One target entry, validated as in the config file (the targets API uses it)."""
+    return _target(raw, where, defaults)
+
+
 def _rules(raw: Any, where: str) -> RulesConfig:
     if raw is None:
         return RulesConfig()
@@ -207,6 +222,9 @@ def parse_monitor_config(section: Any, *, where: str = "monitor") -> MonitorConf
             "notify",
             "incidents",
             "status",
+            "slos",
+            "routes",
+            "api_token_env",
         ),
         where,
     )
@@ -234,6 +252,21 @@ def parse_monitor_config(section: Any, *, where: str = "monitor") -> MonitorConf
     notify = section.get("notify") or []
     if not isinstance(notify, list) or not all(isinstance(n, Mapping) for n in notify):
         raise ConfigError(f"{where}.notify: a list of targets", key=f"{where}.notify")
+    receivers = tuple(
+        str(n.get("name") or f"{n.get('kind', 'webhook')}-{i}") for i, n in enumerate(notify)
+    )
+    doubled = sorted({n for n in receivers if receivers.count(n) > 1})
+    if doubled:
+        raise ConfigError(f"{where}.notify: name {doubled[0]!r} used twice", key=f"{where}.notify")
+    if "routes" in section:
+        routes = parse_routes(
+            section["routes"], receivers, where=f"{where}.routes", duration=_duration
+        )
+    else:
+        routes = [
+            _legacy_route(entry, name, f"{where}.notify[{i}]")
+            for i, (name, entry) in enumerate(zip(receivers, notify, strict=True))
+        ]
     incidents = section.get("incidents") or {}
     if not isinstance(incidents, Mapping):
         raise ConfigError(f"{where}.incidents: a mapping", key=f"{where}.incidents")
@@ -242,6 +275,8 @@ def parse_monitor_config(section: Any, *, where: str = "monitor") -> MonitorConf
     if not isinstance(status, Mapping):
         raise ConfigError(f"{where}.status: a mapping", key=f"{where}.status")
     _known(status, ("title",), f"{where}.status")
+    components = {t.component for t in targets if t.component}
+    slos = parse_slos(section.get("slos"), f"{where}.slos", {*names, *components})
     return MonitorConfig(
         listen=listen,
         vantage=str(section.get("vantage", "local")),
@@ -255,4 +290,24 @@ def parse_monitor_config(section: Any, *, where: str = "monitor") -> MonitorConf
         notify=tuple(dict(n) for n in notify),
         incident_severity=str(incidents.get("open_on", "critical")),
         status_title=str(status.get("title", "Service status")),
+        slos=slos,
+        routes=tuple(routes),
+        receivers=receivers,
+        api_token_env=str(section.get("api_token_env", "OPSLEDGER_MONITOR_TOKEN")),
+    )
+
+
+def _legacy_route(entry: Mapping[str, Any], name: str, where: str) -> Route:
+    """Without ``routes``, each notify entry is its own route (its ``match`` labels):
+    every alert alone, at once, repeated every 4h while it fires."""
+    match = entry.get("match") or {}
+    if not isinstance(match, Mapping):
+        raise ConfigError(f"{where}.match: a mapping of label: value", key=f"{where}.match")
+    return Route(
+        name=name,
+        receivers=(name,),
+        matchers=tuple(Matcher(str(k), str(v)) for k, v in match.items()),
+        group_by=None,
+        group_wait=0.0,
+        group_interval=0.0,
     )

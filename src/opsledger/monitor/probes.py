@@ -10,7 +10,10 @@ business: it needs every node of a chain, so ``ChainView`` computes it after eac
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
+import signal
 import ssl
 import time
 from collections.abc import Mapping
@@ -172,7 +175,9 @@ async def _command(target: Target) -> dict[str, float]:
     try:
         code = await process.wait()
     except asyncio.CancelledError:
-        process.kill()
+        # a timeout: kill the whole session, not just the shell, or its children linger
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         raise
     return {"up": 1.0 if code == 0 else 0.0, "exit_code": float(code)}
 

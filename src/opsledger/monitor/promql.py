@@ -63,8 +63,11 @@ class Sample:
 class SampleSource(Protocol):
     """Where selectors read samples: the monitor's series store."""
 
-    def series(self, name: str) -> Iterable[tuple[Labels, Sequence[tuple[float, float]]]]:
-        """Every series of metric ``name`` with its (time, value) points, oldest first."""
+    def window(
+        self, name: str, start: float, end: float
+    ) -> Iterable[tuple[Labels, Sequence[tuple[float, float]]]]:
+        """Every series of metric ``name`` with its (time, value) points in
+        ``[start, end]``, oldest first; series with no point there may be left out."""
         ...
 
 
@@ -437,12 +440,11 @@ def _select(
     source: SampleSource, sel: Selector, at: float, window: float
 ) -> list[tuple[Labels, list[tuple[float, float]]]]:
     picked: list[tuple[Labels, list[tuple[float, float]]]] = []
-    for labels, points in source.series(sel.name):
+    # closed on the left, as in Prometheus 2.x (Debian's, which promtool tests run)
+    for labels, points in source.window(sel.name, at - window, at):
         mapping = dict(labels)
         if all(m.matches(mapping) for m in sel.matchers):
-            inside = [(t, v) for t, v in points if at - window < t <= at]
-            if inside:
-                picked.append((labels, inside))
+            picked.append((labels, list(points)))
     return picked
 
 

@@ -13,6 +13,7 @@ a template is left as written rather than evaluated.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -188,13 +189,25 @@ class AlertTransition:
     at: float
 
 
+def format_value(value: float) -> str:
+    """``$value`` as Prometheus's Go templates print a float64 (``%v``): whole numbers
+    without a fraction, others in their shortest round-trip form."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value == int(value) and abs(value) < 1e21:
+        return str(int(value))
+    return repr(value)
+
+
 def render(template: str, labels: Labels, value: float) -> str:
     mapping = dict(labels)
 
     def replace_var(match: re.Match[str]) -> str:
         expr = match.group(1).strip()
         if expr == "$value":
-            return f"{value:g}"
+            return format_value(value)
         if expr.startswith("$labels."):
             return mapping.get(expr.removeprefix("$labels."), "")
         return match.group(0)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import bisect
 import math
 import threading
-from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -39,7 +38,8 @@ class _Family:
     kind: Kind
     help: str
     buckets: tuple[float, ...] = DEFAULT_BUCKETS
-    series: dict[Labels, deque[tuple[float, float]]] = field(default_factory=dict)
+    retention: float | None = None  # None: the store's
+    series: dict[Labels, list[tuple[float, float]]] = field(default_factory=dict)
 
 
 class SeriesStore:
@@ -51,11 +51,19 @@ class SeriesStore:
         self._lock = threading.Lock()
 
     def describe(
-        self, name: str, kind: Kind, help_text: str, buckets: Sequence[float] = DEFAULT_BUCKETS
+        self,
+        name: str,
+        kind: Kind,
+        help_text: str,
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+        *,
+        retention: float | None = None,
     ) -> None:
+        """Declare a metric; ``retention`` overrides the store's for this family (the SLO
+        counters are read over 3-day windows)."""
         bounds = tuple(sorted(set(buckets) | {math.inf}))
         with self._lock:
-            self._families.setdefault(name, _Family(kind, help_text, bounds))
+            self._families.setdefault(name, _Family(kind, help_text, bounds, retention))
 
     def set(self, name: str, labels: Mapping[str, str], value: float, at: float) -> None:
         """A gauge's new value (or a counter's new total)."""
@@ -95,15 +103,26 @@ class SeriesStore:
                 family.series.pop(_labels(name, labels), None)
 
     def series(self, name: str) -> Iterator[tuple[Labels, Sequence[tuple[float, float]]]]:
+        """Every point of every series of ``name`` (copies: for tools, not the hot path)."""
+        return self.window(name, -math.inf, math.inf)
+
+    def window(
+        self, name: str, start: float, end: float
+    ) -> Iterator[tuple[Labels, Sequence[tuple[float, float]]]]:
+        """The points of each series of ``name`` with ``start <= time <= end``, found by
+        bisection: a rule round costs O(series × log points), not every stored point."""
         with self._lock:
             family = self._families.get(_family_name(name, self._families))
             if family is None:
                 return iter(())
-            picked = [
-                (labels, list(points))
-                for labels, points in family.series.items()
-                if dict(labels)["__name__"] == name
-            ]
+            picked = []
+            for labels, points in family.series.items():
+                if dict(labels)["__name__"] != name:
+                    continue
+                lo = bisect.bisect_left(points, start, key=_time)
+                hi = bisect.bisect_right(points, end, key=_time)
+                if hi > lo:
+                    picked.append((labels, points[lo:hi]))
         return iter(picked)
 
     def families(self) -> list[tuple[str, Kind, str, list[tuple[Labels, float]]]]:
@@ -125,11 +144,20 @@ class SeriesStore:
         return family
 
     def _append(self, family: _Family, key: Labels, value: float, at: float) -> None:
-        points = family.series.setdefault(key, deque())
-        points.append((float(at), float(value)))
-        horizon = at - self.retention
-        while points and points[0][0] < horizon:
-            points.popleft()
+        points = family.series.setdefault(key, [])
+        point = (float(at), float(value))
+        if points and point[0] < points[-1][0]:
+            # probes from several tasks may finish out of order: keep the list sorted
+            bisect.insort(points, point, key=_time)
+        else:
+            points.append(point)
+        horizon = at - (family.retention or self.retention)
+        if points[0][0] < horizon:
+            del points[: bisect.bisect_left(points, horizon, key=_time)]
+
+
+def _time(point: tuple[float, float]) -> float:
+    return point[0]
 
 
 def _format_le(bound: float) -> str:
@@ -155,7 +183,10 @@ class SeriesCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         for name, kind, help_text, points in self.store.families():
-            metric = Metric(name, help_text, "gauge" if kind == "gauge" else kind)
+            # prometheus_client names a counter family without its ``_total`` (it adds
+            # it back in HELP/TYPE), so ``x_total`` must not become ``x_total_total``
+            family = name.removesuffix("_total") if kind == "counter" else name
+            metric = Metric(family, help_text, "gauge" if kind == "gauge" else kind)
             for labels, value in points:
                 mapping = dict(labels)
                 sample_name = mapping.pop("__name__")

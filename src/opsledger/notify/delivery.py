@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -44,11 +44,14 @@ from opsledger.core import Clock, ConfigError, InvalidInput, SystemClock, format
 
 __all__ = [
     "DELIVERY_LOG",
+    "Channel",
     "Notification",
     "Notifier",
+    "Outcome",
     "Severity",
     "WebhookTarget",
     "load_notify_targets",
+    "post_json",
     "read_delivery_log",
     "redact_url",
     "slack_payload",
@@ -82,6 +85,11 @@ class Notification:
     severity: Severity = "error"
     fields: Mapping[str, str] = field(default_factory=dict)
     links: Mapping[str, str] = field(default_factory=dict)
+    key: str = ""
+    """What identifies the thing notified about across notifications (an alert's
+    fingerprint): PagerDuty's ``dedup_key``, the ledger's record of who was told."""
+    refs: tuple[str, ...] = ()
+    """Alert fingerprints this notification speaks for (a group has several)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.event, str) or not self.event:
@@ -230,6 +238,62 @@ class WebhookTarget:
         label = f", name={self.name!r}" if self.name else ""
         return f"WebhookTarget({self.display!r}, kind={self.kind!r}{label})"
 
+    def send(self, notification: Notification, http: httpx.Client) -> Outcome:
+        headers = {"User-Agent": "opsledger-notify", **self.headers}
+        return post_json(self, self.url, self.payload(notification), headers, http)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One delivery attempt's result, whatever the channel (HTTP status, SMTP code)."""
+
+    ok: bool
+    retryable: bool = False
+    status: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+
+
+class Channel(Protocol):
+    """Something a notification can be sent to: a webhook, Slack, PagerDuty, email."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def display(self) -> str:
+        """Where it goes, safe to log (no secret)."""
+        ...
+
+    def send(self, notification: Notification, http: httpx.Client) -> Outcome: ...
+
+
+def post_json(
+    target: Channel,
+    url: str,
+    payload: Mapping[str, Any],
+    headers: Mapping[str, str],
+    http: httpx.Client,
+    *,
+    secrets: Sequence[str] = (),
+) -> Outcome:
+    """POST ``payload``; 2xx is delivered, connection errors, 5xx and 429 are retried."""
+    try:
+        response = http.post(url, json=payload, headers=dict(headers), follow_redirects=False)
+    except httpx.HTTPError as exc:
+        return Outcome(False, True, error=_safe_error(exc, url, target, secrets))
+    status = response.status_code
+    if 200 <= status < 300:
+        return Outcome(True, status=status)
+    return Outcome(
+        False,
+        status == 429 or status >= 500,
+        status=status,
+        error=f"HTTP {status}",
+        retry_after=_retry_after(response.headers.get("Retry-After")),
+    )
+
 
 @dataclass(frozen=True, slots=True)
 class _Item:
@@ -240,7 +304,7 @@ class _Item:
 class _Lane:
     """One target's queue and worker."""
 
-    def __init__(self, target: WebhookTarget) -> None:
+    def __init__(self, target: Channel) -> None:
         self.target = target
         self.queue: collections.deque[_Item] = collections.deque()
         self.cond = threading.Condition()
@@ -259,9 +323,10 @@ class Notifier:
 
     def __init__(
         self,
-        targets: Sequence[WebhookTarget],
+        targets: Sequence[Channel],
         *,
         log_path: Path | None = None,
+        on_final: Callable[[Channel, Notification, str, int], None] | None = None,
         queue_size: int = 1000,
         max_attempts: int = 5,
         backoff: float = 0.5,
@@ -279,6 +344,7 @@ class Notifier:
                 "queue_size and max_attempts must be >= 1, backoffs >= 0", key="notify"
             )
         self.log_path = log_path
+        self.on_final = on_final
         self.queue_size = queue_size
         self.max_attempts = max_attempts
         self.backoff = backoff
@@ -395,9 +461,7 @@ class Notifier:
                 with lane.cond:
                     lane.busy = False
 
-    def _deliver(self, target: WebhookTarget, item: _Item) -> None:
-        payload = target.payload(item.notification)
-        headers = {"User-Agent": "opsledger-notify", **target.headers}
+    def _deliver(self, target: Channel, item: _Item) -> None:
         for attempt in range(1, self.max_attempts + 1):
             if self._abort.is_set():
                 self._attempt_record(
@@ -405,48 +469,37 @@ class Notifier:
                 )
                 return
             begin = self._monotonic()
-            status: int | None = None
-            error: str | None = None
-            retry_after: float | None = None
-            try:
-                response = self._http.post(
-                    target.url, json=payload, headers=headers, follow_redirects=False
-                )
-                status = response.status_code
-                retry_after = _retry_after(response.headers.get("Retry-After"))
-            except httpx.HTTPError as exc:
-                error = _safe_error(exc, target)
+            result = target.send(item.notification, self._http)
             duration_ms = max(0, int((self._monotonic() - begin) * 1000))
-            if status is not None and 200 <= status < 300:
+            if result.ok:
                 self._attempt_record(
                     target,
                     item,
                     attempt=attempt,
                     outcome="delivered",
-                    status=status,
+                    status=result.status,
                     duration_ms=duration_ms,
                 )
                 return
-            retryable = error is not None or status == 429 or (status or 0) >= 500
-            if not retryable or attempt == self.max_attempts:
+            if not result.retryable or attempt == self.max_attempts:
                 self._attempt_record(
                     target,
                     item,
                     attempt=attempt,
                     outcome="failed",
-                    status=status,
-                    error=error or f"HTTP {status}",
+                    status=result.status,
+                    error=result.error,
                     duration_ms=duration_ms,
                 )
                 return
-            delay = self._delay(attempt, retry_after)
+            delay = self._delay(attempt, result.retry_after)
             self._attempt_record(
                 target,
                 item,
                 attempt=attempt,
                 outcome="retry",
-                status=status,
-                error=error or f"HTTP {status}",
+                status=result.status,
+                error=result.error,
                 duration_ms=duration_ms,
                 retry_in=round(delay, 3),
             )
@@ -463,7 +516,7 @@ class Notifier:
     # -- the record of every attempt --
     def _attempt_record(
         self,
-        target: WebhookTarget,
+        target: Channel,
         item: _Item,
         *,
         attempt: int,
@@ -497,6 +550,11 @@ class Notifier:
             self._log.info("notify.attempt", **fields)
         else:
             self._log.warning("notify.attempt", **fields)
+        if outcome != "retry" and self.on_final is not None:
+            try:
+                self.on_final(target, item.notification, outcome, attempt)
+            except Exception as exc:  # the hook must never stop deliveries
+                self._log.error("notify.on_final_failed", error=f"{type(exc).__name__}: {exc}")
         if self.log_path is None:
             return
         line = json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n"
@@ -518,11 +576,11 @@ def _retry_after(value: str | None) -> float | None:
     return seconds if seconds >= 0 else None
 
 
-def _safe_error(exc: Exception, target: WebhookTarget) -> str:
-    message = str(exc).replace(target.url, target.display) or type(exc).__name__
-    parts = urlsplit(target.url)
+def _safe_error(exc: Exception, url: str, target: Channel, secrets: Sequence[str] = ()) -> str:
+    message = str(exc).replace(url, target.display) or type(exc).__name__
+    parts = urlsplit(url)
     slack_path = parts.path if target.kind == "slack" and len(parts.path) > 1 else ""
-    for secret in (parts.query, parts.password, slack_path):
+    for secret in (parts.query, parts.password, slack_path, *secrets):
         if secret:
             message = message.replace(secret, "***")
     return f"{type(exc).__name__}: {message}"[:500]

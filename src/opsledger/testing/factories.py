@@ -121,6 +121,12 @@ def sample_bodies() -> dict[str, dict[str, Any]]:
             "comment": "node-a resync",
         },
         "monitor.silence_expired": {"id": "SIL-1"},
+        "monitor.config_changed": {
+            "action": "target_added",
+            "target": "node-c",
+            "vantage": "eu",
+            "spec": {"name": "node-c", "kind": "http", "url": "http://127.0.0.1:9003/"},
+        },
         "pipeline.started": {
             "pipeline": "shop",
             "run": "20261122-000000-abcdef",
