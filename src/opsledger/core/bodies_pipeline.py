@@ -1,4 +1,4 @@
-"""Bodies of the transactions the delivery pipeline writes: jobs and deploys."""
+"""Bodies of the transactions the delivery pipeline writes: runs, jobs and deploys."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 from opsledger.core.schema_parts import (
     commit_ids,
+    count,
     digest,
     obj,
     status,
@@ -29,12 +30,40 @@ _deploy = obj(
     {"reason": text, "deploy": tx_id},
 )
 
+_outcome: dict[str, Any] = {
+    "enum": ["success", "failure", "timeout", "cancelled", "skipped", "error"]
+}
+_artifacts: dict[str, Any] = {"type": "object", "additionalProperties": digest}
+
 SCHEMAS: dict[str, dict[str, Any]] = {
     "deploy.started": _deploy,
     "deploy.finished": _deploy,
     "deploy.rolled_back": _deploy,
-    "job.started": obj({"run": string, "job": string}),
+    "job.started": obj({"run": string, "job": string}, {"stage": string, "attempt": count}),
     "job.finished": obj(
-        {"run": string, "job": string, "status": status, "exit_code": {"type": "integer"}}
+        {"run": string, "job": string, "status": status, "exit_code": {"type": "integer"}},
+        {
+            "stage": string,
+            "outcome": _outcome,
+            "duration_ms": count,
+            "log_digest": digest,
+            "artifacts": _artifacts,
+            "attempts": count,
+            "reason": text,
+        },
+    ),
+    "pipeline.started": obj(
+        {"pipeline": string, "run": string, "digest": digest},
+        {"source": string, "jobs": {"type": "array", "items": string, "maxItems": 100000}},
+    ),
+    "pipeline.finished": obj(
+        {
+            "pipeline": string,
+            "run": string,
+            "digest": digest,
+            "status": {"enum": ["success", "failure", "cancelled"]},
+            "jobs": {"type": "object", "additionalProperties": _outcome},
+        },
+        {"duration_ms": count},
     ),
 }
