@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.installed-stamp
 
-.PHONY: setup system-packages demo test lint bench bench-pipeline bench-gateway bench-gateway-quick clean
+.PHONY: setup system-packages demo test lint bench bench-pipeline bench-monitor bench-gateway bench-gateway-quick clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -49,6 +49,9 @@ bench: setup
 
 bench-pipeline: setup
 	$(PY) bench/pipeline.py
+
+bench-monitor: setup
+	$(PY) bench/monitor.py
 
 # The gateway benchmark runs HAProxy (the generic load balancer baseline) and wrk.
 bench-gateway: setup

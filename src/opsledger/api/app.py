@@ -18,6 +18,7 @@ from prometheus_client.exposition import generate_latest
 from opsledger.api.errors import ERROR_RESPONSES, install_error_handlers, json_error_responses
 from opsledger.api.routes import build_router
 from opsledger.api.webhooks import build_webhook_router
+from opsledger.app.ledger_metrics import LedgerMetricsCollector
 from opsledger.client.local import LocalClient
 from opsledger.core import OpsledgerError, StorageError
 
@@ -65,6 +66,7 @@ def create_app(client: LocalClient, *, registry: CollectorRegistry | None = None
     """The HTTP API over ``client``. ``registry`` defaults to a fresh one per app."""
     registry = registry if registry is not None else CollectorRegistry()
     metrics = ApiMetrics(registry, client)
+    registry.register(LedgerMetricsCollector(client))  # deploys, pipelines, DORA at /metrics
     app = FastAPI(
         title="opsledger",
         summary="A verifiable ledger of delivery and operations evidence",
