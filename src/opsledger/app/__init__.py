@@ -1,12 +1,42 @@
-"""The composition root: reads configuration and builds stores, nodes and clients."""
+"""The composition root: reads configuration and builds stores, nodes and clients.
 
-from opsledger.app.bundle import export_bundle, verify_bundle, verify_home_store
-from opsledger.app.config import Config, load_config
-from opsledger.app.home import Home, default_home
-from opsledger.app.keys import key_path, load_key, load_key_from_env, write_key
-from opsledger.app.recorder import BackgroundRecorder
-from opsledger.app.snapshot import fork_home, import_bundle
-from opsledger.app.webhooks import GithubWebhook, load_github_webhook
+Names load on first use (PEP 562 ``__getattr__``): ``import opsledger.app`` (which every
+CLI command does) must not import what only some commands need (NATS, web3, uvicorn).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from opsledger.app.bundle import export_bundle, verify_bundle, verify_home_store
+    from opsledger.app.config import Config, load_config
+    from opsledger.app.home import Home, default_home
+    from opsledger.app.keys import key_path, load_key, load_key_from_env, write_key
+    from opsledger.app.recorder import BackgroundRecorder
+    from opsledger.app.snapshot import fork_home, import_bundle
+    from opsledger.app.webhooks import GithubWebhook, load_github_webhook
+
+# name -> the submodule that defines it
+_EXPORTS = {
+    "BackgroundRecorder": "recorder",
+    "Config": "config",
+    "GithubWebhook": "webhooks",
+    "Home": "home",
+    "default_home": "home",
+    "export_bundle": "bundle",
+    "fork_home": "snapshot",
+    "import_bundle": "snapshot",
+    "key_path": "keys",
+    "load_config": "config",
+    "load_github_webhook": "webhooks",
+    "load_key": "keys",
+    "load_key_from_env": "keys",
+    "verify_bundle": "bundle",
+    "verify_home_store": "bundle",
+    "write_key": "keys",
+}
 
 __all__ = [
     "BackgroundRecorder",
@@ -26,3 +56,16 @@ __all__ = [
     "verify_home_store",
     "write_key",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

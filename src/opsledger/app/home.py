@@ -10,6 +10,10 @@ Layout (``--home``, default ``$OPSLEDGER_HOME`` or ``./.opsledger``)::
 
 Only one process writes a ledger: it holds ``node.lock``. When ``opsledger serve`` holds
 it, other commands talk to that server over HTTP instead of opening the store.
+
+What only a writer needs (the services attached to a writable node, which pull in NATS,
+web3 and friends; the built-in contracts) is imported inside the methods that use it, so
+a read-only command such as ``opsledger log`` does not pay for it.
 """
 
 from __future__ import annotations
@@ -23,15 +27,11 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from opsledger.app.config import Config, load_config, write_config
-from opsledger.app.contracts import deploy_builtins
 from opsledger.app.keys import key_path, load_key, load_key_from_env, write_key
-from opsledger.app.recorder import BackgroundRecorder
-from opsledger.app.services import attach_services
 from opsledger.client.base import LedgerClient, Signer
-from opsledger.client.local import LocalClient
 from opsledger.core import (
     ConfigError,
     InvalidInput,
@@ -43,6 +43,9 @@ from opsledger.core import (
 from opsledger.ledger import ContractRule, ContractRunner, LedgerNode, create_genesis
 from opsledger.ordering import InProcessOrderer
 from opsledger.store import LedgerStore, open_store
+
+if TYPE_CHECKING:
+    from opsledger.app.recorder import BackgroundRecorder
 
 __all__ = ["Home", "default_home"]
 
@@ -121,6 +124,9 @@ class Home:
         write_config(self.config_path, config)
         contracts: list[dict[str, Any]] = []
         if builtin_contracts:
+            from opsledger.app.contracts import deploy_builtins
+            from opsledger.client.local import LocalClient
+
             ledger_node = self.open_node()
             try:
                 contracts = deploy_builtins(
@@ -218,6 +224,8 @@ class Home:
             release()
             raise
         if writable:
+            from opsledger.app.services import attach_services
+
             node.start()
             node_key = self.load_key(config.node)
             runner = ContractRunner(
@@ -278,6 +286,8 @@ class Home:
     def recorder(self, actor: str | None = None) -> BackgroundRecorder:
         """A recorder for a long-running service: it never holds the writer lock for
         longer than one batch, so other writers (the CLI, ``serve``) keep working."""
+        from opsledger.app.recorder import BackgroundRecorder
+
         return BackgroundRecorder(self.client, self.signer(actor))
 
     def client(self) -> LedgerClient:

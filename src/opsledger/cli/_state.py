@@ -9,6 +9,9 @@ Commands reach the ledger through two context managers: ``reader`` for queries a
 holds ``node.lock``): a reader opens the store read-only and never takes the lock, so
 ``opsledger log`` works while another process records; both talk HTTP to a running
 ``opsledger serve`` when there is one.
+
+``opsledger.app.home`` (stores, the ledger node) is imported when a command first asks
+for the home, not when the root command loads: ``--help`` never needs it.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
-from opsledger.app import Home
-from opsledger.client.base import LedgerClient
+if TYPE_CHECKING:
+    from opsledger.app.home import Home
+    from opsledger.client.base import LedgerClient
 
 __all__ = ["Consoles", "State", "get_state"]
 
@@ -64,6 +69,8 @@ class State:
 
     @property
     def home(self) -> Home:
+        from opsledger.app.home import Home
+
         return Home(self.home_path)
 
     @contextlib.contextmanager

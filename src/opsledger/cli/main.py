@@ -13,42 +13,27 @@ root group catches ``OpsledgerError`` exactly once, prints one line to stderr an
 ``--verbose`` adds the error's structured details and its cause chain. The handler sits
 in the group's ``invoke`` rather than around ``app()`` so that a test runner invoking
 the group sees the same output and exit codes as a user.
+
+Command modules load lazily: importing every one of them (and through them NATS, web3,
+uvicorn, strawberry...) cost 1.5-8 s per invocation before any work. The root group
+knows each command's name, module and one-line help (``COMMANDS``) and imports a module
+only when one of its commands runs; the root ``--help`` is drawn from that table, which
+``tests/cli/test_startup.py`` checks against the real modules.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.main
 from rich.text import Text
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
-from opsledger.app.logs import configure_logging
-from opsledger.cli import (
-    audit,
-    bundle,
-    contract,
-    deploy,
-    dora,
-    gateway,
-    incident,
-    index,
-    init,
-    keys,
-    monitor,
-    pipeline,
-    proof,
-    query,
-    record,
-    serve,
-    sla,
-    slo,
-    verify,
-    worker,
-)
-from opsledger.cli import exec as exec_command
 from opsledger.cli._state import Consoles, State
 from opsledger.core import (
     ConfigError,
@@ -58,10 +43,126 @@ from opsledger.core import (
     VerificationFailed,
 )
 
-__all__ = ["EXIT_FAILED", "EXIT_USAGE", "app", "exit_code_for", "main"]
+__all__ = ["COMMANDS", "EXIT_FAILED", "EXIT_USAGE", "app", "exit_code_for", "main"]
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+
+# name -> (module under opsledger.cli, first paragraph of the command's help), in the
+# order the root ``--help`` lists them: plain commands first, then groups, as Typer
+# orders an eagerly built root. tests/cli/test_startup.py fails when this drifts from
+# the modules (and prints the table to paste).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init": (
+        "init",
+        "Create a new ledger: admin and node keys, the store, the genesis block and the\n"
+        "built-in contracts.",
+    ),
+    "record": (
+        "record",
+        "Sign a transaction and append it; prints its id, block height and leaf index.",
+    ),
+    "log": ("query", "List transactions, oldest first, with filters."),
+    "show": ("query", "Show one transaction with its position in the log."),
+    "block": ("query", "Show one block: its header, transaction ids and checkpoint."),
+    "checkpoint": (
+        "query",
+        "Print the signed checkpoint note (C2SP tlog-checkpoint), byte for byte.",
+    ),
+    "head": ("query", "Show the latest block: height, log size and root, and the ledger id."),
+    "proof": (
+        "proof",
+        "Print an inclusion proof for TXID, or a consistency proof between two tree sizes.",
+    ),
+    "verify": (
+        "verify",
+        "Re-check the whole ledger from genesis, from the home or from a bundle file.",
+    ),
+    "export": ("bundle", "Write the ledger to a bundle file that anyone can verify offline."),
+    "import": (
+        "bundle",
+        "Verify a bundle completely, then create a new home holding its ledger.",
+    ),
+    "fork": ("bundle", "Create a test copy of this ledger, verified, up to block height --at."),
+    "serve": (
+        "serve",
+        "Serve the ledger's HTTP API; while it runs, other commands go through it.",
+    ),
+    "worker": (
+        "worker",
+        "Run jobs from the queue until stopped (Ctrl-C / SIGTERM: finish running jobs).",
+    ),
+    "dora": (
+        "dora",
+        "DORA metrics from explicit links on the ledger, with the totals behind each ratio.",
+    ),
+    "exec": (
+        "exec",
+        "Run CMD as recorded access to an environment; exits with CMD's status.",
+    ),
+    "keys": ("keys", "Manage actors and their keys (each change is a transaction)."),
+    "audit": (
+        "audit",
+        "Audit reports: what happened in a period, with proofs to check offline.",
+    ),
+    "contract": (
+        "contract",
+        "Contracts: deterministic rules every node re-executes (release gates, SLAs).",
+    ),
+    "sla": ("sla", "Service-level agreements: reports from the ledger."),
+    "slo": ("slo", "Service-level objectives: uptime and error budgets from the ledger."),
+    "pipeline": ("pipeline", "Pipelines as code: run them, follow them, prove them."),
+    "deploy": (
+        "deploy",
+        "Deploy VERSION of a service; a failed health gate rolls back on its own. Records\n"
+        "deploy.started / deploy.finished (and deploy.rolled_back) on the ledger.",
+    ),
+    "gateway": (
+        "gateway",
+        "JSON-RPC gateway: health-checked routing, failover, caching, rate limits.",
+    ),
+    "index": ("index", "Chain event indexer: backfill, follow the head, roll back reorgs."),
+    "monitor": (
+        "monitor",
+        "Probe nodes and endpoints, alert, open incidents, serve the status page.",
+    ),
+    "incident": ("incident", "Incidents and postmortems, on the ledger."),
+}
+
+# The modules in the order the eager root registered them (kept for tools and tests
+# that build the whole tree).
+MODULES: tuple[str, ...] = (
+    "init",
+    "keys",
+    "record",
+    "query",
+    "proof",
+    "verify",
+    "bundle",
+    "serve",
+    "audit",
+    "contract",
+    "sla",
+    "slo",
+    "pipeline",
+    "worker",
+    "deploy",
+    "dora",
+    "gateway",
+    "index",
+    "monitor",
+    "incident",
+    "exec",
+)
+
+
+def load_module_commands(module: str) -> dict[str, Any]:
+    """Import ``opsledger.cli.<module>`` and build the click commands its ``register``
+    adds, through a throwaway Typer so Typer converts them exactly as for the root."""
+    registry = typer.Typer()
+    importlib.import_module(f"opsledger.cli.{module}").register(registry)
+    group = typer.main.get_group(registry)
+    return dict(group.commands)
 
 
 def exit_code_for(exc: OpsledgerError) -> int:
@@ -82,7 +183,64 @@ def error_line(exc: OpsledgerError) -> str:
 
 
 class OpsledgerGroup(TyperGroup):
-    """The root group: runs the command and renders our errors."""
+    """The root group: loads command modules on demand, runs the command and renders our
+    errors."""
+
+    # False draws the root ``--help`` from the real commands (tests compare both).
+    help_from_table = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._registered: dict[str, Any] = {}
+        self._loaded: dict[str, dict[str, Any]] = {}
+        self._in_help = False
+        super().__init__(*args, **kwargs)
+
+    @property
+    def commands(self) -> MutableMapping[str, Any]:
+        """Every command, importing every module: for tools that walk the whole tree
+        (``scripts/gen_cli_doc.py``) and typo suggestions, never on the normal path."""
+        found = dict(self._registered)
+        for name in COMMANDS:
+            command = self._load(name)
+            if command is not None:
+                found[name] = command
+        return found
+
+    @commands.setter
+    def commands(self, value: MutableMapping[str, Any]) -> None:
+        self._registered = dict(value)
+
+    def add_command(self, cmd: Any, name: str | None = None) -> None:
+        name = name or cmd.name
+        assert name is not None
+        self._registered[name] = cmd
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*COMMANDS, *(name for name in self._registered if name not in COMMANDS)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in self._registered:
+            return self._registered[cmd_name]
+        if cmd_name not in COMMANDS:
+            return None
+        module, short_help = COMMANDS[cmd_name]
+        if self._in_help and self.help_from_table and module not in self._loaded:
+            # Listed in the root help only: name and first paragraph are all it shows.
+            return TyperCommand(name=cmd_name, help=short_help)
+        return self._load(cmd_name)
+
+    def _load(self, cmd_name: str) -> Any:
+        module = COMMANDS[cmd_name][0]
+        if module not in self._loaded:
+            self._loaded[module] = load_module_commands(module)
+        return self._loaded[module].get(cmd_name)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._in_help = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._in_help = False
 
     # ``ctx`` is Typer's vendored click Context, which Typer does not export by name.
     def invoke(self, ctx: Any) -> Any:
@@ -146,15 +304,10 @@ def root(
 
     Example: opsledger --home ./.opsledger init --admin alice
     """
+    from opsledger.app.logs import configure_logging  # structlog: only once a command runs
+
     configure_logging(logging.DEBUG if verbose else logging.WARNING)
     ctx.obj = State(home_path=home, verbose=verbose, consoles=_consoles(ctx))
-
-
-for _module in (init, keys, record, query, proof, verify, bundle, serve, audit, contract, sla, slo):
-    _module.register(app)
-for _service in (pipeline, worker, deploy, dora, gateway, index, monitor, incident):
-    _service.register(app)
-exec_command.register(app)
 
 
 def main() -> None:
