@@ -75,7 +75,8 @@ def test_every_builtin_contract_is_documented() -> None:
 
 
 def test_every_config_key_is_documented() -> None:
-    from opsledger.app import access, config, services, webhooks
+    from opsledger.app import access, config, deploys, services, webhooks
+    from opsledger.pipeline import queue
 
     doc = (ROOT / "docs" / "configuration.md").read_text()
     keys = (
@@ -86,6 +87,9 @@ def test_every_config_key_is_documented() -> None:
         + [f"access.environments.<env>.{k}" for k in access._ENVIRONMENT_KEYS]
         + [f"webhooks.github.{k}" for k in webhooks._GITHUB_KEYS]
         + [f"notify.targets[].{k}" for k in ("kind", "url", "headers", "name")]
+        + [f"jobs.{k}" for k in sorted(queue._SETTINGS_KEYS | {"actor"})]
+        + [f"deploy.{k}" for k in sorted(deploys._SECTION_KEYS - {"environments"})]
+        + ["deploy.environments.<env>.protected"]
     )
     missing = [
         key
