@@ -27,6 +27,11 @@ def test_websocket_subscription_and_calls_through_the_gateway() -> None:
                     chain_id = json.loads(await asyncio.wait_for(ws.recv(), 10))
                     await ws.send(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "admin_peers"}))
                     denied = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                    # the HTTP path's batch limit holds on the socket too
+                    call = {"jsonrpc": "2.0", "id": 9, "method": "eth_chainId"}
+                    await ws.send(json.dumps([call] * 101))
+                    too_big = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                    assert too_big["error"]["code"] == -32600, too_big
                     await ws.send(
                         json.dumps(
                             {

@@ -253,6 +253,8 @@ def uvicorn_config(gateway: Gateway, **overrides: Any) -> uvicorn.Config:
         "access_log": False,
         "lifespan": "on",
         "ws": "websockets-sansio",
+        # a WebSocket message is held to the same size as an HTTP body
+        "ws_max_size": gateway.config.limits.max_body_bytes,
     }
     with contextlib.suppress(ImportError):
         from opsledger.gateway.httpserver import CorkedHttpToolsProtocol  # needs httptools

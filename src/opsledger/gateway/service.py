@@ -98,6 +98,7 @@ class Gateway:
                 urls,
                 on_new_head=self._head_handler(chain.name, monitor, urls),
                 rpc_handler=self._bound(chain.name),
+                max_batch=self.config.limits.max_batch,
             )
             await hub.start()
             self.hubs[chain.name] = hub

@@ -177,7 +177,9 @@ class SubscriptionHub:
         backfill_limit: int = 32,
         client_queue: int = 1024,
         max_client_subscriptions: int = 256,
+        max_batch: int = 100,
     ) -> None:
+        self.max_batch = max_batch  # the HTTP path's limit holds on the socket too
         if not ws_urls:
             raise ValueError(f"chain {chain}: no WebSocket upstream URL")
         self.chain = chain
@@ -565,6 +567,8 @@ class SubscriptionHub:
             if isinstance(message, list):
                 if not message:
                     reply = _error(None, RpcError(-32600, "empty batch"))
+                elif len(message) > self.max_batch:
+                    reply = _error(None, RpcError(-32600, f"batch over {self.max_batch} calls"))
                 else:
                     replies = await asyncio.gather(*(self._one(client, m) for m in message))
                     reply = [r for r in replies if r is not None]
