@@ -138,6 +138,8 @@ def test_the_verb_list() -> None:
             "keys revoke",
             "keys rotate",
             "log",
+            "monitor maintenance add",
+            "monitor maintenance list",
             "monitor rules check",
             "monitor rules export",
             "monitor silence add",

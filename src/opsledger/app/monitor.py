@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -43,7 +44,8 @@ from opsledger.core import (
     format_ts,
 )
 from opsledger.monitor.config import MonitorConfig, parse_monitor_config
-from opsledger.monitor.incidents import fold_incidents
+from opsledger.monitor.incidents import fold_incidents, parse_ts
+from opsledger.monitor.maintenance import Maintenance, fold_maintenance
 from opsledger.monitor.promql import PromQLError, parse_duration
 from opsledger.monitor.rules import Rule
 from opsledger.monitor.service import (
@@ -193,13 +195,13 @@ class _LedgerStatus:
         self.service = service
         self.home = home
         self.ttl = ttl
-        self._cached: tuple[float, list[Any], dict[str, Any]] | None = None
+        self._cached: tuple[float, list[Any], dict[str, Any], list[Maintenance]] | None = None
 
-    def _ledger(self, now: datetime) -> tuple[list[Any], dict[str, Any]]:
+    def _ledger(self, now: datetime) -> tuple[list[Any], dict[str, Any], list[Maintenance]]:
         if self.home is None:
-            return [], uptime_days(self.service.config, self.service.alert_rows(), now)
+            return [], uptime_days(self.service.config, self.service.alert_rows(), now), []
         if self._cached and time.monotonic() - self._cached[0] < self.ttl:
-            return self._cached[1], self._cached[2]
+            return self._cached[1], self._cached[2], self._cached[3]
         client = self.home.client() if self.home.server_url() else None
         if client is None:
             from opsledger.client.local import LocalClient
@@ -212,16 +214,26 @@ class _LedgerStatus:
             )
             since = format_ts(now - timedelta(days=90))
             alerts = all_transactions(client, {"type": "alert.*", "since": since})
+            windows = list(
+                fold_maintenance(all_transactions(client, {"type": "monitor.maintenance"})).values()
+            )
         finally:
             client.close()
         uptime = uptime_days(self.service.config, alerts, now)
-        self._cached = (time.monotonic(), incidents, uptime)
-        return incidents, uptime
+        self._cached = (time.monotonic(), incidents, uptime, windows)
+        return incidents, uptime, windows
 
     def __call__(self) -> dict[str, Any]:
         now = datetime.now(UTC)
-        incidents, uptime = self._ledger(now)
-        return status_document(self.service.config, self.service.firing(), incidents, uptime, now)
+        incidents, uptime, windows = self._ledger(now)
+        return status_document(
+            self.service.config,
+            self.service.firing(),
+            incidents,
+            uptime,
+            now,
+            maintenance=windows,
+        )
 
 
 async def _sync_silences(
@@ -332,6 +344,53 @@ def create_silence(
         client, signer, signer.sign("monitor.silence", Subject("silence", silence.id), body)
     )
     return body
+
+
+def schedule_maintenance(
+    client: LedgerClient,
+    signer: Signer,
+    *,
+    components: list[str],
+    title: str,
+    starts_at: str,
+    ends_at: str,
+    maintenance_id: str | None = None,
+    cancelled: bool = False,
+) -> dict[str, Any]:
+    """Record ``monitor.maintenance`` (a new window, or a change to ``maintenance_id``)."""
+    try:
+        start, end = parse_ts(starts_at), parse_ts(ends_at)
+    except ValueError:
+        raise InvalidInput(
+            "times are RFC 3339 UTC, e.g. 2026-11-22T10:00:00Z", field="start"
+        ) from None
+    if end <= start:
+        raise InvalidInput("a maintenance window ends after it starts", field="end")
+    if not components:
+        raise InvalidInput("name at least one --component", field="component")
+    ident = (
+        maintenance_id
+        or "MNT-"
+        + hashlib.sha256(f"{title}\n{starts_at}\n{time.time_ns()}".encode()).hexdigest()[:10]
+    )
+    body: dict[str, Any] = {
+        "id": ident,
+        "title": title,
+        "components": components,
+        "starts_at": format_ts(start),
+        "ends_at": format_ts(end),
+    }
+    if cancelled:
+        body["cancelled"] = True
+    submit_signed(
+        client, signer, signer.sign("monitor.maintenance", Subject("maintenance", ident), body)
+    )
+    return body
+
+
+def list_maintenance(client: LedgerClient) -> list[Maintenance]:
+    rows = all_transactions(client, {"type": "monitor.maintenance"})
+    return sorted(fold_maintenance(rows).values(), key=lambda w: w.starts_at)
 
 
 def expire_silence(client: LedgerClient, signer: Signer, silence_id: str) -> None:

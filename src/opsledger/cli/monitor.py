@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from opsledger.app.home import Home
-from opsledger.cli._render import print_json, print_table, say
+from opsledger.cli._render import print_json, print_json_lines, print_table, say
 from opsledger.cli._state import get_state
 
 __all__ = ["register"]
@@ -23,6 +23,10 @@ silence_app = typer.Typer(
     help="Mute alerts for a while, on the ledger (who, why, until when).", no_args_is_help=True
 )
 monitor_app.add_typer(silence_app, name="silence")
+maintenance_app = typer.Typer(
+    help="Scheduled maintenance windows shown on the status page.", no_args_is_help=True
+)
+monitor_app.add_typer(maintenance_app, name="maintenance")
 
 ConfigOption = Annotated[
     Path | None,
@@ -180,3 +184,79 @@ def _home(ctx: typer.Context) -> Home | None:
 
 def register(app: typer.Typer) -> None:
     app.add_typer(monitor_app, name="monitor")
+
+
+@maintenance_app.command("add")
+def maintenance_add(
+    ctx: typer.Context,
+    *,
+    component: Annotated[
+        list[str], typer.Option("--component", "-c", help="A status page component (repeat).")
+    ],
+    title: Annotated[str, typer.Option("--title", help="What users read.")],
+    start: Annotated[str, typer.Option("--start", help="RFC 3339 UTC start time.")],
+    end: Annotated[str, typer.Option("--end", help="RFC 3339 UTC end time.")],
+    cancel: Annotated[
+        str | None, typer.Option("--cancel", help="Cancel this window (MNT-...) instead.")
+    ] = None,
+    actor: Annotated[
+        str | None, typer.Option("--as", help="Act as this actor (default: the admin).")
+    ] = None,
+) -> None:
+    """Schedule maintenance; the status page lists it, then shows the components as
+    under maintenance while it lasts.
+
+    Example: opsledger monitor maintenance add -c rpc-mainnet --title "Node upgrade"
+    --start 2026-11-23T02:00:00Z --end 2026-11-23T03:00:00Z
+    """
+    from opsledger.app.monitor import schedule_maintenance
+
+    state = get_state(ctx)
+    signer = state.home.signer(actor)
+    with state.writer() as client:
+        body = schedule_maintenance(
+            client,
+            signer,
+            components=component,
+            title=title,
+            starts_at=start,
+            ends_at=end,
+            maintenance_id=cancel,
+            cancelled=cancel is not None,
+        )
+    say(state.out, f"{body['id']} {body['starts_at']} to {body['ends_at']}")
+
+
+@maintenance_app.command("list")
+def maintenance_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """Every maintenance window on the ledger, by start time.
+
+    Example: opsledger monitor maintenance list
+    """
+    from opsledger.app.monitor import list_maintenance
+
+    state = get_state(ctx)
+    with state.reader() as client:
+        windows = list_maintenance(client)
+    rows = [{**w.public(), "cancelled": w.cancelled} for w in windows]
+    if as_json:
+        print_json_lines(state.out, rows)
+        return
+    print_table(
+        state.out,
+        ["id", "title", "components", "start", "end", "cancelled"],
+        [
+            (
+                r["id"],
+                r["title"],
+                ", ".join(r["components"]),
+                r["starts_at"],
+                r["ends_at"],
+                r["cancelled"],
+            )
+            for r in rows
+        ],
+    )

@@ -90,6 +90,16 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         },
         {"created_by": string},
     ),
+    "monitor.maintenance": obj(
+        {
+            "id": string,
+            "title": text,
+            "components": {"type": "array", "items": string, "minItems": 1, "maxItems": 64},
+            "starts_at": timestamp,
+            "ends_at": timestamp,
+        },
+        {"cancelled": {"type": "boolean"}},
+    ),
     "monitor.silence_expired": obj({"id": string}, {"by": string}),
     "monitor.config_changed": obj(
         {"action": {"enum": ["target_added", "target_removed"]}, "target": string},

@@ -40,6 +40,7 @@ DEFAULT_ROLES: dict[str, tuple[str, ...]] = {
         "slo.*",
         "monitor.silence",
         "monitor.silence_expired",
+        "monitor.maintenance",
     ),
     "node": (
         "contract.verdict",

@@ -15,6 +15,7 @@ from typing import Any
 
 from opsledger.monitor.config import MonitorConfig
 from opsledger.monitor.incidents import Incident, parse_ts
+from opsledger.monitor.maintenance import Maintenance
 from opsledger.monitor.rules import Alert
 
 __all__ = ["STATES", "component_states", "status_document", "uptime_days"]
@@ -110,12 +111,16 @@ def status_document(
     uptime: Mapping[str, list[dict[str, Any]]],
     now: datetime,
     *,
-    maintenance: Iterable[str] = (),
+    maintenance: Iterable[Maintenance] = (),
 ) -> dict[str, Any]:
-    states = component_states(config, firing, maintenance)
+    windows = list(maintenance)
+    under = {c for w in windows if w.active(now) for c in w.components}
+    states = component_states(config, firing, under)
     worst = max(
         (s for s in states.values() if s in _RANK), key=lambda s: _RANK[s], default="operational"
     )
+    if worst == "operational" and "maintenance" in states.values():
+        worst = "maintenance"
     active = [i for i in incidents if i.state != "resolved"]
     recent = [i for i in incidents if i.state == "resolved"][-10:]
     return {
@@ -133,6 +138,11 @@ def status_document(
         ],
         "incidents": [_public(i) for i in active],
         "recent_incidents": [_public(i) for i in reversed(recent)],
+        "maintenance": [
+            {**w.public(), "state": "in_progress" if w.active(now) else "scheduled"}
+            for w in sorted(windows, key=lambda w: w.starts_at)
+            if w.active(now) or w.upcoming(now)
+        ],
     }
 
 

@@ -99,6 +99,18 @@ def render_status_page(doc: dict[str, Any]) -> str:
         if incidents
         else ""
     )
+    windows = "".join(
+        f'<div class="row maintenance" data-maintenance="{esc(w["id"])}">'
+        f'<span class="name">{esc(w["title"])}</span>'
+        f'<span class="state maintenance">'
+        f"{'In progress' if w['state'] == 'in_progress' else 'Scheduled'}</span>"
+        f'<div class="muted">{esc(w["starts_at"])} to {esc(w["ends_at"])} · '
+        f"{esc(', '.join(w['components']))}</div></div>"
+        for w in doc.get("maintenance", [])
+    )
+    scheduled = (
+        f'<h2>Scheduled maintenance</h2><div class="card">{windows}</div>' if windows else ""
+    )
     history = f'<h2>Past incidents</h2><div class="card">{past}</div>' if past else ""
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
@@ -108,7 +120,7 @@ def render_status_page(doc: dict[str, Any]) -> str:
         f"<style>{_CSS}</style></head><body><main>"
         f"<h1>{esc(doc['title'])}</h1>"
         f'<div class="banner {esc(doc["status"])}" id="overall">{esc(_BANNER[doc["status"]])}</div>'
-        f"{active}"
+        f"{active}{scheduled}"
         f'<div class="card" id="components">{"".join(rows)}</div>'
         f"{history}"
         f'<footer>Updated {esc(doc["updated"])} · <a href="/api/v1/status">JSON</a> · '

@@ -121,6 +121,13 @@ def sample_bodies() -> dict[str, dict[str, Any]]:
             "comment": "node-a resync",
         },
         "monitor.silence_expired": {"id": "SIL-1"},
+        "monitor.maintenance": {
+            "id": "MNT-1",
+            "title": "Node upgrade",
+            "components": ["rpc-mainnet"],
+            "starts_at": "2026-11-20T10:00:00.000Z",
+            "ends_at": "2026-11-20T11:00:00.000Z",
+        },
         "monitor.config_changed": {
             "action": "target_added",
             "target": "node-c",
