@@ -25,10 +25,12 @@ $(NODE_STAMP): package.json package-lock.json
 	@test -x node_modules/.bin/anvil || { echo "error: anvil did not install"; exit 2; }
 	@touch $(NODE_STAMP)
 
-# Real components the tests run: Prometheus (promtool test rules, a real scrape) and
+# Real components the tests run: Prometheus (promtool test rules, a real scrape),
+# Alertmanager (delivering to the monitor) and
 # headless Chromium (the status page), from Debian's packages.
 system-packages:
-	@scripts/debian-packages.sh promtool:prometheus prometheus:prometheus chromium:chromium
+	@scripts/debian-packages.sh promtool:prometheus prometheus:prometheus \
+	  prometheus-alertmanager:prometheus-alertmanager chromium:chromium
 
 setup: $(STAMP) $(NODE_STAMP) system-packages
 
