@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from eth_abi import encode
-from eth_utils import keccak
+from eth_abi.abi import encode
+from eth_utils.crypto import keccak
 
 from opsledger.testing.anvil import Anvil, anvil_binary
 
@@ -104,7 +104,7 @@ class Rpc:
 
 def compile_contract(name: str) -> tuple[str, list[dict[str, Any]]]:
     """Bytecode and ABI of ``contracts/{name}.vy`` with the pinned vyper (0.4.3)."""
-    import vyper  # imported here: compiling is slow to import and only needed on a miss
+    import vyper  # type: ignore[import-untyped]  # imported here: compiling is slow to import and only needed on a miss
 
     out = vyper.compile_code(
         (CONTRACTS / f"{name}.vy").read_text(), output_formats=["bytecode", "abi"]

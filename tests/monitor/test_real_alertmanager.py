@@ -27,9 +27,7 @@ TOKEN = "am-test-token"
 
 def request(url: str, body: Any = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        url, data=data, headers={"Content-Type": "application/json"}
-    )
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=5) as response:
         text = response.read()
     return json.loads(text) if text else None

@@ -15,8 +15,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 
 __all__ = ["RpcClient", "RpcError", "RpcStats", "RpcTransportError"]
+
+
+def _loads(raw: bytes) -> Any:
+    """orjson (a big ``eth_getLogs`` reply parses several times faster than with ``json``);
+    ``json`` only for what orjson refuses but ``json`` reads (integers beyond 64 bits)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
 
 
 class RpcError(Exception):
@@ -74,7 +84,11 @@ class RpcClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
-                connector=aiohttp.TCPConnector(limit=self.max_connections),
+                # No TLS context for a plain-http node (building one costs ~25 ms).
+                connector=aiohttp.TCPConnector(
+                    limit=self.max_connections,
+                    ssl=self.url.lower().startswith("https:"),
+                ),
             )
 
     async def close(self) -> None:
@@ -86,7 +100,7 @@ class RpcClient:
         """POST with bounded retries on transport failures and 5xx/429 answers."""
         await self.open()
         assert self._session is not None
-        body = json.dumps(payload)
+        body = orjson.dumps(payload)
         last: Exception | None = None
         for attempt in range(self.retries + 1):
             if attempt:
@@ -100,15 +114,16 @@ class RpcClient:
                         self.stats.errors += 1
                         last = RpcTransportError(f"{label}: HTTP {response.status}")
                         continue
-                    text = await response.text()
+                    raw = await response.read()
                     if response.status >= 400:
                         # Some providers answer an oversized range with HTTP 4xx + JSON error.
                         try:
-                            return json.loads(text)
+                            return _loads(raw)
                         except ValueError:
                             self.stats.errors += 1
-                            raise RpcError(label, f"HTTP {response.status}: {text[:200]}") from None
-                    return json.loads(text)
+                            text = raw[:200].decode("utf-8", "replace")
+                            raise RpcError(label, f"HTTP {response.status}: {text}") from None
+                    return _loads(raw)
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 self.stats.errors += 1
                 last = exc

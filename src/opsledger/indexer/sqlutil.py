@@ -12,7 +12,7 @@ import base64
 import binascii
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any, Literal
@@ -100,6 +100,33 @@ class Sql:
             return str(value).lower()
         return value
 
+    def encoder(self, kind: ColumnKind) -> Callable[[Any], Any] | None:
+        """``encode(kind, ·)`` for a non-None value as one function, or None when it is the
+        identity: bulk inserts call it per cell, so the kind dispatch happens once."""
+        sqlite = self.dialect == "sqlite"
+        if kind in ("uint", "sint"):
+            return _number_text if sqlite else _number_decimal
+        if kind == "int":
+            return int
+        if kind == "bool":
+            return _flag_int if sqlite else _flag
+        if kind in ("address", "bytes"):
+            return _lower
+        return None
+
+    def column_encoder(self, kind: ColumnKind) -> Callable[[Sequence[Any]], Any] | None:
+        """``encode`` of a whole column in one C-level ``map``, for the usual Python type
+        only (``int`` for numbers, ``str`` for addresses/bytes); raises TypeError for a
+        column holding anything else (a None, a bool, a string number): use ``encoder``."""
+        sqlite = self.dialect == "sqlite"
+        if kind in ("uint", "sint"):
+            return (lambda v: map(str, _ints(v))) if sqlite else (lambda v: map(Decimal, _ints(v)))
+        if kind == "int":
+            return _ints
+        if kind in ("address", "bytes"):
+            return lambda values: map(str.lower, values)
+        return None
+
     @staticmethod
     def decode(kind: ColumnKind, value: Any) -> Any:
         if value is None:
@@ -109,6 +136,33 @@ class Sql:
         if kind == "bool":
             return bool(value)
         return value
+
+
+def _ints(values: Sequence[Any]) -> Sequence[int]:
+    """``values`` when every one is exactly an ``int`` (bool is not), else TypeError."""
+    if set(map(type, values)) - {int}:
+        raise TypeError("not all ints")
+    return values
+
+
+def _number_text(value: Any) -> str:
+    return str(int(value))
+
+
+def _number_decimal(value: Any) -> Decimal:
+    return Decimal(int(value))
+
+
+def _flag(value: Any) -> bool:
+    return value if isinstance(value, bool) else str(value).lower() in ("1", "true")
+
+
+def _flag_int(value: Any) -> int:
+    return int(_flag(value))
+
+
+def _lower(value: Any) -> str:
+    return str(value).lower()
 
 
 def coerce(col: Column, value: Any, key: str) -> Any:

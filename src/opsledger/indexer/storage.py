@@ -22,6 +22,7 @@ remaining transfer, balances get the reverse deltas), in the same transaction.
 from __future__ import annotations
 
 import json
+import operator
 import re
 import sqlite3
 import time
@@ -33,7 +34,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from opsledger.core import ConfigError, InvalidInput, NotFound, StorageError
 from opsledger.indexer.derived import DerivedTables
-from opsledger.indexer.schema import TableSpec, spec_from_dict
+from opsledger.indexer.schema import ColumnKind, TableSpec, spec_from_dict
 from opsledger.indexer.sqlutil import Dialect, Sql, coerce, decode_cursor, encode_cursor, q
 
 __all__ = [
@@ -388,8 +389,11 @@ class Store:
                     f"chain {batch.chain}: batch starts at {batch.first_block}, "
                     f"checkpoint is {height}"
                 )
+            # Finality is relative to the chain head, not to the batch.
+            tip = batch.height if batch.head is None else max(batch.head, batch.height)
+            final_below = tip - finality_depth
             for table, rows in batch.rows.items():
-                self._insert_events(self.spec(table), rows)
+                self._insert_events(self.spec(table), rows, final_below)
             self.derived.apply(batch.chain, batch.rows)
             self.db.many(
                 self.db.sql(
@@ -406,9 +410,6 @@ class Store:
                 ),
                 [(c.chain, c.contract, c.address.lower(), c.start_block) for c in batch.children],
             )
-            # Finality is relative to the chain head, not to the batch.
-            tip = batch.height if batch.head is None else max(batch.head, batch.height)
-            final_below = tip - finality_depth
             self._finalise(batch.chain, final_below)
             self.db.execute(
                 "UPDATE _indexer_chains SET height = ?, events = events + ?, head = "
@@ -439,22 +440,62 @@ class Store:
             "DELETE FROM _indexer_blocks WHERE chain = ? AND number < ?", (chain, final_below)
         )
 
-    def _insert_events(self, spec: TableSpec, rows: list[dict[str, Any]]) -> None:
+    def _insert_events(self, spec: TableSpec, rows: list[dict[str, Any]], final_below: int) -> None:
+        """Bulk insert; rows already at or below ``final_below`` go in final, so the
+        ``_finalise`` update that follows (same transaction) has nothing to rewrite for them
+        (on a backfill that update used to rewrite every row just inserted)."""
         if not rows:
             return
         names = ", ".join(q(c.name) for c in spec.columns)
         marks = ", ".join("?" for _ in spec.columns)
         sql = self.db.sql(f"INSERT INTO {q(spec.name)} ({names}) VALUES ({marks})")
-        self.db.many(
-            sql,
-            [
-                [
-                    self.db.encode(c.kind, r.get(c.name, False if c.name == "final" else None))
-                    for c in spec.columns
-                ]
-                for r in rows
-            ],
-        )
+        self.db.many(sql, self._encode_rows(spec, rows, final_below))
+
+    def _encode_rows(
+        self, spec: TableSpec, rows: list[dict[str, Any]], final_below: int
+    ) -> list[tuple[Any, ...]]:
+        """Row dicts -> parameter tuples, the values ``db.encode`` gives per cell.
+
+        Column by column: each column is converted with one ``map`` of a builtin where its
+        values allow it (the per-cell dispatch showed in the profile), per value otherwise.
+        """
+        names = [c.name for c in spec.columns]
+        getter = operator.itemgetter(*names)
+        try:
+            columns = list(zip(*map(getter, rows), strict=True))
+        except KeyError:
+            columns = list(
+                zip(
+                    *([r.get(n, False if n == "final" else None) for n in names] for r in rows),
+                    strict=True,
+                )
+            )
+        out: list[Any] = []
+        numbers = columns[names.index("block_number")]
+        for column, values in zip(spec.columns, columns, strict=True):
+            if column.name == "final":
+                true = self.db.encode("bool", True)
+                out.append(
+                    [
+                        true if n is not None and n <= final_below else self.db.encode("bool", v)
+                        for n, v in zip(numbers, values, strict=True)
+                    ]
+                )
+            else:
+                out.append(self._encode_column(column.kind, values))
+        return list(zip(*out, strict=True))
+
+    def _encode_column(self, kind: ColumnKind, values: Sequence[Any]) -> Sequence[Any]:
+        fast = self.db.column_encoder(kind)
+        if fast is not None:
+            try:
+                return list(fast(values))
+            except (TypeError, ValueError, AttributeError):
+                pass  # a None or an odd type: the general path below
+        slow = self.db.encoder(kind)
+        if slow is None:
+            return values
+        return [None if v is None else slow(v) for v in values]
 
     def rollback(self, chain: str, fork_block: int) -> RollbackResult:
         """Forget everything above ``fork_block`` on ``chain``, in one transaction."""
