@@ -9,11 +9,9 @@ ledger makes verify fail.
 
 from __future__ import annotations
 
-import http.server
 import json
 import shutil
 import sqlite3
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,34 +21,16 @@ from typer.testing import CliRunner
 
 from opsledger.cli import app
 from opsledger.testing.factories import digest
+from opsledger.testing.webhook import webhook_receiver
 
 D = digest("shop-3.1.0")
 COMMIT = "9f1c2e7"
 
 
-class Receiver(http.server.BaseHTTPRequestHandler):
-    received: list[dict[str, Any]]
-
-    def do_POST(self) -> None:
-        length = int(self.headers["Content-Length"])
-        self.received.append(json.loads(self.rfile.read(length)))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    received: list[dict[str, Any]] = []
-    handler = type("Handler", (Receiver,), {"received": received})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
-    server.shutdown()
-    server.server_close()
+    with webhook_receiver() as hook:
+        yield hook.url, hook.received
 
 
 def cli(home: Path, *args: str, code: int = 0) -> str:

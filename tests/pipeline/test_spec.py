@@ -166,8 +166,9 @@ def test_deploy_is_validated_by_the_deploy_package() -> None:
     )
     with pytest.raises(ConfigError) as info:
         parse_pipeline(text, source="p.yml")
-    # P2's parse_deploy names the problem; until it lands, deploy is "not available"
+    # the deploy package names the problem, at the line of the mapping
     assert info.value.message.startswith("p.yml:6")
+    assert "strategy" in info.value.message
 
 
 def test_durations() -> None:

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from opsledger.app import Home
 from opsledger.app.workers import queue_dispatcher, worker_handlers
 from opsledger.cli.main import app as cli_app
-from opsledger.core import PrivateKey, Subject, UpstreamError
+from opsledger.core import Subject, UpstreamError
 from opsledger.pipeline import (
     LedgerAccess,
     PipelineRunner,
@@ -65,24 +65,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Home:
     """A home whose ``ci`` service identity (key in the home) the workers sign with."""
     home = Home(tmp_path_factory.mktemp("workers") / "home")
     home.init(admin="alice", builtin_contracts=False)
-    key = PrivateKey.generate()
-    home.write_key("ci", key)
-    client = home.client()
-    try:
-        client.submit(
-            home.signer().sign(
-                "identity.key_added",
-                Subject("actor", "ci"),
-                {
-                    "actor": "ci",
-                    "public_key": key.public_key.b64,
-                    "roles": ["ci"],
-                    "kind": "service",
-                },
-            )
-        )
-    finally:
-        client.close()
+    home.add_actor("ci", ["ci"], kind="service")
     return home
 
 
@@ -400,22 +383,8 @@ def test_contract_jobs_run_on_workers_and_record_their_evidence(
     assert (evidence["body"]["passed"], evidence["body"]["failed"]) == (3, 0)
 
 
-SMALLEST = """\
-pipeline: shop
-stages:
-  build:
-    jobs:
-      compile:
-        steps:
-          - run: "python -c \\"open('app.txt','w').write('v1')\\""
-        artifacts: ["app.txt"]
-  test:
-    jobs:
-      unit:
-        needs: [compile]
-        steps:
-          - run: "test -f app.txt"
-"""
+# the issue's smallest pipeline, exactly as written
+SMALLEST = (Path(__file__).parent / "fixtures" / "pipelines" / "shop.yml").read_text()
 
 
 def test_the_runner_runs_the_smallest_pipeline_on_workers(

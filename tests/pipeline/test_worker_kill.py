@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from opsledger.app import Home
-from opsledger.core import PrivateKey, Subject
 from opsledger.pipeline.queue import QueueSettings, pipeline_job_message
 from opsledger.pipeline.queue_client import QueueClient
 from opsledger.pipeline.spec import JobDef, Step
@@ -68,24 +67,7 @@ def home(tmp_path: Path, nats_server: NatsServer, monkeypatch: pytest.MonkeyPatc
         monkeypatch.delenv(name, raising=False)
     home = Home(tmp_path / "home")
     home.init(admin="alice", builtin_contracts=False)
-    key = PrivateKey.generate()
-    home.write_key("ci", key)
-    client = home.client()
-    try:
-        client.submit(
-            home.signer().sign(
-                "identity.key_added",
-                Subject("actor", "ci"),
-                {
-                    "actor": "ci",
-                    "public_key": key.public_key.b64,
-                    "roles": ["ci"],
-                    "kind": "service",
-                },
-            )
-        )
-    finally:
-        client.close()
+    home.add_actor("ci", ["ci"], kind="service")
     with home.config_path.open("a") as config:
         config.write(
             f"jobs:\n  queue: {nats_server.url}\n  name: kill\n"

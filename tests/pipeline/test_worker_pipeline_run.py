@@ -23,22 +23,8 @@ from tests.pipeline.test_worker_kill import _opsledger
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
-SMALLEST = """\
-pipeline: shop
-stages:
-  build:
-    jobs:
-      compile:
-        steps:
-          - run: "python -c \\"open('app.txt','w').write('v1')\\""
-        artifacts: ["app.txt"]
-  test:
-    jobs:
-      unit:
-        needs: [compile]
-        steps:
-          - run: "test -f app.txt"
-"""
+# the issue's smallest pipeline, exactly as written
+SMALLEST = (Path(__file__).parent / "fixtures" / "pipelines" / "shop.yml").read_text()
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from opsledger.client.base import LedgerClient, Signer
+from opsledger.client.base import LedgerClient, Signer, all_transactions
 from opsledger.contracts import Contract, builtin_sources, evaluate, parse_contract
 from opsledger.core import NotFound, Receipt, Subject
 from opsledger.ledger import StoreEvidence
@@ -48,29 +48,19 @@ def deploy_builtins(client: LedgerClient, signer: Signer) -> list[dict[str, Any]
 
 def deployed_contracts(client: LedgerClient) -> list[dict[str, Any]]:
     """Every deployment, oldest first: name, version, digest, tx id, leaf, time, actor."""
-    found: list[dict[str, Any]] = []
-    after: int | None = None
-    while True:
-        page = client.list_transactions(
-            {"type": "contract.deployed", "after": after, "limit": 1000}
-        )
-        for view in page:
-            tx = view["transaction"]
-            found.append(
-                {
-                    "name": tx["body"]["name"],
-                    "version": tx["body"]["version"],
-                    "digest": tx["body"]["digest"],
-                    "tx_id": view["tx_id"],
-                    "leaf_index": view["leaf_index"],
-                    "ts": tx["ts"],
-                    "actor": tx["actor"],
-                    "source": tx["body"]["source"],
-                }
-            )
-        if len(page) < 1000:
-            return found
-        after = page[-1]["leaf_index"]
+    return [
+        {
+            "name": view["transaction"]["body"]["name"],
+            "version": view["transaction"]["body"]["version"],
+            "digest": view["transaction"]["body"]["digest"],
+            "tx_id": view["tx_id"],
+            "leaf_index": view["leaf_index"],
+            "ts": view["transaction"]["ts"],
+            "actor": view["transaction"]["actor"],
+            "source": view["transaction"]["body"]["source"],
+        }
+        for view in all_transactions(client, {"type": "contract.deployed"})
+    ]
 
 
 def find_contract(client: LedgerClient, ref: str) -> dict[str, Any]:

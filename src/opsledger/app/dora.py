@@ -11,31 +11,21 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from opsledger.client.base import LedgerClient
+from opsledger.client.base import LedgerClient, all_transactions
 from opsledger.core import Clock, InvalidInput, SystemClock, format_ts
 from opsledger.pipeline.dora import DORA_TYPES, DoraQuery, compute_dora, parse_window
 
 __all__ = ["dora_report", "read_dora_rows"]
 
-_PAGE = 1000
-
 
 def read_dora_rows(client: LedgerClient, until: dt.datetime) -> list[dict[str, Any]]:
     """Every transaction of the DORA types before ``until``, oldest first."""
-    rows: list[dict[str, Any]] = []
     stamp = format_ts(until)
-    for tx_type in DORA_TYPES:
-        after: int | None = None
-        while True:
-            filters: dict[str, Any] = {"type": tx_type, "until": stamp, "limit": _PAGE}
-            if after is not None:
-                filters["after"] = after
-            page = client.list_transactions(filters)
-            rows.extend(page)
-            if len(page) < _PAGE:
-                break
-            after = int(page[-1]["leaf_index"])
-    return rows
+    return [
+        row
+        for tx_type in DORA_TYPES
+        for row in all_transactions(client, {"type": tx_type, "until": stamp})
+    ]
 
 
 def dora_report(

@@ -31,13 +31,15 @@ from typing import IO, TYPE_CHECKING, Any
 
 from opsledger.app.config import Config, load_config, write_config
 from opsledger.app.keys import key_path, load_key, load_key_from_env, write_key
-from opsledger.client.base import LedgerClient, Signer
+from opsledger.client.base import LedgerClient, Signer, submit_signed
 from opsledger.core import (
     ConfigError,
     InvalidInput,
     NotFound,
     PrivateKey,
+    Receipt,
     SignatureChecker,
+    Subject,
     ThreadedSignatureChecker,
 )
 from opsledger.ledger import ContractRule, ContractRunner, LedgerNode, create_genesis
@@ -153,6 +155,39 @@ class Home:
 
     def load_key(self, actor: str) -> PrivateKey:
         return load_key(key_path(self.keys_dir, actor))
+
+    def add_actor(
+        self,
+        actor: str,
+        roles: list[str],
+        *,
+        kind: str = "person",
+        as_actor: str | None = None,
+    ) -> tuple[PrivateKey, Receipt]:
+        """Make ``actor``'s key (a 0600 file in the home) and record
+        ``identity.key_added``, signed by ``as_actor`` (default: the admin). The key file
+        is removed again if the ledger refuses the actor, so a failed attempt leaves no
+        key behind."""
+        path = key_path(self.keys_dir, actor)
+        if path.exists():
+            raise InvalidInput(
+                f"key file {path} already exists; use `keys rotate {actor}`", field="actor"
+            )
+        key = PrivateKey.generate()
+        signer = self.signer(as_actor)
+        body = {"actor": actor, "public_key": key.public_key.b64, "roles": roles, "kind": kind}
+        stx = signer.sign("identity.key_added", Subject("actor", actor), body)
+        write_key(path, key)
+        try:
+            client = self.client()
+            try:
+                receipt = submit_signed(client, signer, stx)
+            finally:
+                client.close()
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return key, receipt
 
     def signer(self, actor: str | None = None) -> Signer:
         """The signer for ``actor`` (default: the admin made by ``init``). A key in the

@@ -22,8 +22,8 @@ from opsledger.app.deploys import load_deploy_section
 from opsledger.app.home import Home
 from opsledger.app.keys import key_path, load_key_from_env
 from opsledger.app.workers import queue_dispatcher
-from opsledger.client.base import Signer, submit_signed
-from opsledger.core import NotFound, PrivateKey, Subject
+from opsledger.client.base import Signer
+from opsledger.core import NotFound
 from opsledger.pipeline import (
     LedgerAccess,
     PipelineRunner,
@@ -64,30 +64,8 @@ def pipeline_signer(home: Home) -> Signer:
     if load_key_from_env() is not None:
         return home.signer()
     if not key_path(home.keys_dir, CI_ACTOR).exists():
-        _register_ci(home)
+        home.add_actor(CI_ACTOR, ["ci"], kind="service", as_actor=home.config().admin)
     return home.signer(CI_ACTOR)
-
-
-def _register_ci(home: Home) -> None:
-    admin = home.signer(home.config().admin)
-    key = PrivateKey.generate()
-    body = {
-        "actor": CI_ACTOR,
-        "public_key": key.public_key.b64,
-        "roles": ["ci"],
-        "kind": "service",
-    }
-    stx = admin.sign("identity.key_added", Subject("actor", CI_ACTOR), body)
-    home.write_key(CI_ACTOR, key)
-    try:
-        client = home.client()
-        try:
-            submit_signed(client, admin, stx)
-        finally:
-            client.close()
-    except BaseException:
-        key_path(home.keys_dir, CI_ACTOR).unlink(missing_ok=True)
-        raise
 
 
 def detect_commit(project: Path | None, environ: Mapping[str, str] | None = None) -> str:

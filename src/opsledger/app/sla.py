@@ -15,7 +15,7 @@ import datetime as dt
 from typing import Any
 
 from opsledger.app.contracts import deployed_contracts
-from opsledger.client.base import LedgerClient
+from opsledger.client.base import LedgerClient, all_transactions
 from opsledger.contracts import parse_contract
 from opsledger.core import InvalidInput
 
@@ -45,17 +45,6 @@ def parse_period(text: str) -> tuple[str, str]:
     return f"{start.isoformat()}T00:00:00.000Z", f"{end.isoformat()}T00:00:00.000Z"
 
 
-def _all(client: LedgerClient, filters: dict[str, Any]) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    after: int | None = None
-    while True:
-        page = client.list_transactions({**filters, "after": after, "limit": 1000})
-        found.extend(page)
-        if len(page) < 1000:
-            return found
-        after = page[-1]["leaf_index"]
-
-
 def _credit(availability: float, tiers: list[dict[str, Any]]) -> float:
     owed = [float(t["percent"]) for t in tiers if availability < float(t["below"])]
     return max(owed, default=0.0)
@@ -79,7 +68,9 @@ def sla_report(
         service = params.get("service")
         reports = [
             view
-            for view in _all(client, {"type": "slo.reported", "subject": f"service:{service}"})
+            for view in all_transactions(
+                client, {"type": "slo.reported", "subject": f"service:{service}"}
+            )
             if start <= view["transaction"]["body"]["window_start"] < end
         ]
         total = sum(int(r["transaction"]["body"]["total"]) for r in reports)
@@ -96,13 +87,17 @@ def sla_report(
         report_ids = {r["tx_id"] for r in reports}
         verdicts = [
             v
-            for v in _all(client, {"type": "contract.verdict", "subject": f"service:{service}"})
+            for v in all_transactions(
+                client, {"type": "contract.verdict", "subject": f"service:{service}"}
+            )
             if v["transaction"]["body"]["contract"] == name
             and v["transaction"]["body"]["trigger"] in report_ids
         ]
         violations = [
             v
-            for v in _all(client, {"type": "sla.violation", "subject": f"service:{service}"})
+            for v in all_transactions(
+                client, {"type": "sla.violation", "subject": f"service:{service}"}
+            )
             if v["transaction"]["body"].get("contract") == name
             and start <= v["transaction"]["body"]["period"].split("/")[0] < end
         ]

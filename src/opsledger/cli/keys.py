@@ -78,26 +78,7 @@ def new(
     state = get_state(ctx)
     home = state.home
     path = key_path(home.keys_dir, actor)
-    if path.exists():
-        raise InvalidInput(
-            f"key file {path} already exists; use `keys rotate {actor}`", field="actor"
-        )
-    key = PrivateKey.generate()
-    signer = home.signer(as_actor)
-    body = {
-        "actor": actor,
-        "public_key": key.public_key.b64,
-        "roles": list(role),
-        "kind": kind.value,
-    }
-    stx = signer.sign("identity.key_added", Subject("actor", actor), body)
-    home.write_key(actor, key)
-    try:
-        with state.writer() as client:
-            receipt = submit_signed(client, signer, stx)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+    key, receipt = home.add_actor(actor, list(role), kind=kind.value, as_actor=as_actor)
     result = {
         "actor": actor,
         "key_id": key.key_id,

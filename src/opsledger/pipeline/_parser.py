@@ -479,8 +479,6 @@ class PipelineParser:
                 value, lambda text: self.substitute(text, line, f"{path}.deploy", matrix)
             )
             return parse_deploy(plain, where=f"{self.source}:{line}")
-        except NotImplementedError:
-            raise self.err(line, f"{path}.deploy", "deploy strategies are not available") from None
         except ConfigError:
             raise
         except (ValueError, TypeError, KeyError) as exc:

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from opsledger.client.base import LedgerClient, Signer, submit_signed
+from opsledger.client.base import LedgerClient, Signer, all_transactions, submit_signed
 from opsledger.core import OpsledgerError, ReplayRejected, SignedTransaction, Subject
 from opsledger.pipeline.execute import JobOutcome
 from opsledger.pipeline.spec import JobDef, PipelineSpec
@@ -65,17 +65,6 @@ def record(
     refs: Sequence[str] = (),
 ) -> str:
     return submit_signed(client, signer, signer.sign(tx_type, subject, body, refs)).tx_id
-
-
-def _all(client: LedgerClient, filters: dict[str, Any]) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    after: int | None = None
-    while True:
-        page = client.list_transactions({**filters, "after": after, "limit": 1000})
-        found.extend(page)
-        if len(page) < 1000:
-            return found
-        after = page[-1]["leaf_index"]
 
 
 def record_pipeline_started(
@@ -286,7 +275,7 @@ def record_job_outcome(
 def _has_evidence(
     client: LedgerClient, tx_type: str, subject: Subject, ref: str, body: Mapping[str, Any]
 ) -> bool:
-    for row in _all(client, {"type": tx_type, "subject": str(subject)}):
+    for row in all_transactions(client, {"type": tx_type, "subject": str(subject)}):
         tx = row["transaction"]
         if ref in tx.get("refs", ()) and tx["body"].get("job") == body.get("job"):
             return True

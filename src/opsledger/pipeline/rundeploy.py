@@ -125,8 +125,6 @@ class DeployRun:
             )
         except OpsledgerError as exc:
             return _with(outcome, "failure", f"deploy: {exc.message}")
-        except NotImplementedError:
-            return _with(outcome, "failure", "deploy strategies are not available")
         log_digest = outcome.log_digest
         if lines:
             previous = self.stores.logs.get(outcome.log_digest) if outcome.log_digest else b""
