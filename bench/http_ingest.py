@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from benchkit import process_cpu_seconds, run_threads, timed
+from benchkit import run_threads, timed, tree_cpu_seconds
 from ingest import fresh_home, partition, registrations
 from opsledger.app import Home
 
@@ -122,9 +122,9 @@ def http_ingest(
                 for lo in range(0, len(batch), batch_chunk):
                     _post_batch(client, path, batch[lo : lo + batch_chunk])
 
-            cpu = process_cpu_seconds(pid)
+            cpu = tree_cpu_seconds(pid)
             batch_seconds = timed(post_batches)
-            batch_cpu = process_cpu_seconds(pid) - cpu
+            batch_cpu = tree_cpu_seconds(pid) - cpu
 
         later = range(batch_txs, len(leaves))
         parts = [p[:per_thread] for p in partition(later, threads)]
@@ -141,9 +141,9 @@ def http_ingest(
 
             return run
 
-        cpu = process_cpu_seconds(pid)
+        cpu = tree_cpu_seconds(pid)
         single_seconds = run_threads([feed(p) for p in parts])
-        single_cpu = process_cpu_seconds(pid) - cpu
+        single_cpu = tree_cpu_seconds(pid) - cpu
     return HttpResult(
         len(batch), batch_seconds, batch_cpu, sum(map(len, parts)), single_seconds, single_cpu, path
     )

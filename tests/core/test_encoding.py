@@ -10,7 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from opsledger.core import InvalidInput, SignedTransaction, Subject, canonical, parse_json
-from opsledger.core.encoding import canonical_reference
+from opsledger.core.encoding import canonical_reference, parse_json_plain
 from opsledger.core.schemas import BODY_SCHEMAS
 from opsledger.testing.factories import make_tx, sample_bodies
 
@@ -104,3 +104,49 @@ def test_reencoding_any_spacing_gives_the_same_leaf() -> None:
     spaced = json.dumps(stx.to_dict(), indent=2)
     assert SignedTransaction.parse(spaced).leaf == stx.leaf
     assert SignedTransaction.parse(spaced).tx_id == stx.tx_id
+
+
+def _strict_outcome(data: bytes) -> tuple[str, Any]:
+    """What the strict parser alone makes of ``data``: the leaf, or the error."""
+    try:
+        obj, plain = parse_json_plain(data)
+        return "ok", SignedTransaction.from_dict(obj, _checked=plain).leaf
+    except InvalidInput as exc:
+        return type(exc).__name__, str(exc)
+
+
+def _outcome(data: bytes) -> tuple[str, Any]:
+    try:
+        return "ok", SignedTransaction.parse(data).leaf
+    except InvalidInput as exc:
+        return type(exc).__name__, str(exc)
+
+
+def _variants(leaf: bytes, draw_key: str, extra: Any) -> list[bytes]:
+    obj = json.loads(leaf)
+    body = leaf[1:]
+    return [
+        leaf,  # what clients send: the fast path takes it
+        json.dumps(obj, indent=1).encode(),  # other spacing
+        json.dumps(dict(reversed(list(obj.items())))).encode(),  # other key order
+        b'{"' + draw_key.encode() + b'":' + json.dumps(extra).encode() + b"," + body,  # duplicate
+        leaf + b" ",  # trailing space
+        leaf.replace(b'"note"', b'"no\\u0074e"'),  # an escape the canonical form drops
+        leaf[:-1],  # truncated
+    ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from(sorted(BODY_SCHEMAS)),
+    st.sampled_from(["type", "actor", "nonce", "body", "sig", "ledger", "x-extra"]),
+    json_values,
+)
+def test_fast_parse_agrees_with_the_strict_parser(tx_type: str, key: str, extra: Any) -> None:
+    """``SignedTransaction.parse`` takes an orjson fast path for canonical bytes; for every
+    input, canonical or not, it must accept exactly what the strict parser accepts, with
+    the same leaf, and refuse the rest with the same error."""
+    stx = make_tx(tx_type, sample_bodies()[tx_type])
+    for data in _variants(stx.leaf, key, extra):
+        assert _outcome(data) == _strict_outcome(data), data
+    assert _outcome(stx.leaf) == ("ok", stx.leaf)

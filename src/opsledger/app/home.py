@@ -40,9 +40,9 @@ from opsledger.core import (
     Receipt,
     SignatureChecker,
     Subject,
-    ThreadedSignatureChecker,
 )
 from opsledger.ledger import ContractRule, ContractRunner, LedgerNode, create_genesis
+from opsledger.ledger.sigpool import ProcessSignatureChecker
 from opsledger.ordering import InProcessOrderer
 from opsledger.store import LedgerStore, open_store
 
@@ -234,12 +234,12 @@ class Home:
         config = self.config()
         lock = self._take_lock() if writable else None
         store = open_store(self.resolve_store(config.store))
-        own_checker = checker or ThreadedSignatureChecker()
+        # Ingest verifies in the shared verifier process (see ledger.sigpool); a
+        # read-only node checks nothing on the write path.
+        own_checker = checker or ProcessSignatureChecker()
 
         def release() -> None:
             store.close()
-            if isinstance(own_checker, ThreadedSignatureChecker) and checker is None:
-                own_checker.close()
             if lock is not None:
                 lock.close()
 

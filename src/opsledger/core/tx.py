@@ -18,6 +18,8 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from opsledger.core.crypto import DOMAIN_TX, PrivateKey, PublicKey
 from opsledger.core.encoding import (
     b64decode,
@@ -160,6 +162,10 @@ class SignedTransaction:
     def parse(cls, data: bytes | str) -> SignedTransaction:
         """Decode and schema-check signed transaction JSON (any key order or spacing).
         Does not check the signature: that needs the actor's key (see ``admission``)."""
+        if isinstance(data, bytes):
+            fast = _parse_canonical(data)
+            if fast is not None:
+                return fast
         obj, plain = parse_json_plain(data)
         return cls.from_dict(obj, _checked=plain)
 
@@ -186,6 +192,27 @@ class SignedTransaction:
         sig = b64decode(obj["sig"], field="sig")
         message, leaf = _assemble(obj, checked=_checked)
         return cls(tx=tx, sig=sig, leaf=leaf, tx_id=sha256_hex(leaf), signing=message)
+
+
+def _parse_canonical(data: bytes) -> SignedTransaction | None:
+    """The fast path for what clients normally send: the canonical leaf bytes themselves.
+
+    ``orjson`` decodes about four times faster than the standard library with the hooks
+    ``parse_json_plain`` needs, but it keeps the last of duplicate keys silently. That is
+    harmless here because the result is used only if re-encoding it gives back exactly
+    ``data``: canonical JSON has no duplicate keys, no NaN and no insignificant bytes, so
+    equal bytes mean the strict parser would have read the same object. Anything else
+    (another key order, spacing, a decode or schema error) returns ``None`` and takes the
+    strict path, so errors and accepted inputs are the same as without this function.
+    """
+    try:
+        obj = orjson.loads(data)
+        if not isinstance(obj, dict):
+            return None
+        stx = SignedTransaction.from_dict(obj)
+    except (ValueError, TypeError, RecursionError, InvalidInput):  # JSONDecodeError: ValueError
+        return None
+    return stx if stx.leaf == data else None
 
 
 def sign_transaction(tx: Transaction, key: PrivateKey) -> SignedTransaction:

@@ -27,6 +27,7 @@ applies, and expected vs computed values.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from opsledger.core.block import GENESIS_PREV_HASH, Block
@@ -38,7 +39,7 @@ from opsledger.core.identity import Registry
 from opsledger.core.merkle import CompactRange, leaf_hash, root_of
 from opsledger.core.tx import SignedTransaction
 
-__all__ = ["LedgerVerifier", "VerifyResult", "origin_for"]
+__all__ = ["LedgerVerifier", "PreparedBlock", "VerifyResult", "origin_for"]
 
 NODE_ROLE = "node"
 
@@ -56,6 +57,16 @@ class VerifyResult:
     genesis_hash: str
     origin: str
     transactions: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBlock:
+    """A block's transactions parsed, with their signature checks under way."""
+
+    leaves: Sequence[bytes]
+    parsed: list[SignedTransaction | OpsledgerError]
+    positions: list[int]  # index in ``parsed`` of each verdict
+    verdicts: Future[list[bool]]
 
 
 class LedgerVerifier:
@@ -87,11 +98,43 @@ class LedgerVerifier:
         self._origin = ""
         self._transactions = 0
 
+    def prepare(self, leaves: Sequence[bytes]) -> PreparedBlock:
+        """Parse a coming block's transactions and start verifying the signatures whose
+        keys are known now, so that the checker works while this thread finishes the
+        block before it (``verify_store`` pipelines blocks this way).
+
+        Nothing is judged here: parse errors wait in the result until ``add_block``
+        reaches them, so failures are reported in the same order as without ``prepare``.
+        A key added by the block before is not known yet; its signatures are checked by
+        the registry at admission instead. Keys map to key ids by hash, so a signature
+        checked early under a key id is the very check admission would make."""
+        parsed: list[SignedTransaction | OpsledgerError] = []
+        batch: list[tuple[PublicKey, bytes, bytes, bytes]] = []
+        positions: list[int] = []
+        for i, leaf in enumerate(leaves):
+            try:
+                stx = SignedTransaction.parse(leaf)
+            except OpsledgerError as exc:
+                parsed.append(exc)
+                continue
+            parsed.append(stx)
+            key = self.registry.known_key(stx.tx.key_id)
+            if key is not None:
+                batch.append((key, DOMAIN_TX, stx.message, stx.sig))
+                positions.append(i)
+        return PreparedBlock(leaves, parsed, positions, self._checker.start(batch))
+
     def add_block(
-        self, block_bytes: bytes, leaves: Sequence[bytes], checkpoint: str
+        self,
+        block_bytes: bytes,
+        leaves: Sequence[bytes],
+        checkpoint: str,
+        *,
+        prepared: PreparedBlock | None = None,
     ) -> list[SignedTransaction]:
         """Verify the next block; return its parsed transactions (callers that need them,
-        such as the store's column check, then never parse a leaf twice)."""
+        such as the store's column check, then never parse a leaf twice). ``prepared``
+        is what ``prepare`` made of the same ``leaves``."""
         height = self._height + 1
         try:
             block = Block.from_bytes(block_bytes)
@@ -151,7 +194,9 @@ class LedgerVerifier:
                 computed=tx_root,
             )
         proposer_key = None if height == 0 else self._proposer_key(block)
-        parsed = self._admit_all(height, leaves, ids)
+        if prepared is None or prepared.leaves is not leaves:
+            prepared = self.prepare(leaves)
+        parsed = self._admit_all(height, prepared, ids)
         self._range.extend(hashes)
         if header.log_size != self._range.size:
             raise _fail(
@@ -195,30 +240,20 @@ class LedgerVerifier:
         return state.public_key
 
     def _admit_all(
-        self, height: int, leaves: Sequence[bytes], ids: Sequence[str]
+        self, height: int, prepared: PreparedBlock, ids: Sequence[str]
     ) -> list[SignedTransaction]:
         parsed: list[SignedTransaction] = []
-        for leaf, tx_id in zip(leaves, ids, strict=True):
-            try:
-                stx = SignedTransaction.parse(leaf)
-            except OpsledgerError as exc:
-                raise _fail(height, f"transaction is invalid: {exc.message}", tx_id=tx_id) from exc
-            if stx.leaf != leaf:
+        for leaf, item, tx_id in zip(prepared.leaves, prepared.parsed, ids, strict=True):
+            if isinstance(item, OpsledgerError):
+                raise _fail(height, f"transaction is invalid: {item.message}", tx_id=tx_id)
+            if item.leaf != leaf:
                 raise _fail(height, "transaction bytes are not canonical", tx_id=tx_id)
-            parsed.append(stx)
-        # Verify every signature whose key is already known in one parallel batch
-        # (threads: libsodium releases the GIL); the sequential pass below then only checks
-        # registry state. key_id is the hash of the public key, so a signature verified
-        # under the key with that id is the same check the registry would make.
-        batch: list[tuple[PublicKey, bytes, bytes, bytes]] = []
-        positions: list[int] = []
-        for i, stx in enumerate(parsed):
-            key = self.registry.known_key(stx.tx.key_id)
-            if key is not None:
-                batch.append((key, DOMAIN_TX, stx.message, stx.sig))
-                positions.append(i)
+            parsed.append(item)
+        # The signatures whose keys were known when the block was prepared were verified
+        # in one parallel batch (see ``prepare``); the sequential pass below then only
+        # checks registry state, and verifies the rest itself.
         verified = [False] * len(parsed)
-        for i, ok in zip(positions, self._checker.verify_many(batch), strict=True):
+        for i, ok in zip(prepared.positions, prepared.verdicts.result(), strict=True):
             if not ok:
                 raise _fail(height, "signature does not verify", tx_id=ids[i])
             verified[i] = True

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from opsledger.core import (
@@ -98,6 +100,18 @@ def _guarded(listener: CommitListener) -> CommitListener:
             logging.getLogger(__name__).exception("commit listener failed at %d", block.height)
 
     return call
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """A parsed chunk of ``submit_many`` whose signatures are being verified."""
+
+    prepared: list[Pending | OpsledgerError]
+    positions: list[int]  # where in ``prepared`` each verified signature belongs
+    verdicts: Future[list[bool]]
+
+    def done(self) -> bool:
+        return self.verdicts.done()
 
 
 def _tx_record(stx: SignedTransaction, leaf_index: int, height: int) -> TxRecord:
@@ -356,21 +370,29 @@ class LedgerNode:
         items: Sequence[bytes | str | SignedTransaction],
         timeout: float = 120.0,
         *,
-        chunk: int = 512,
+        chunk: int = 256,
     ) -> list[Receipt | OpsledgerError]:
         """Admit many; each item gets its receipt or its own error, in order.
 
-        Items are prepared in chunks (parse, then the chunk's signatures verified in
-        parallel by ``checker``) and each chunk is handed to the orderer at once, so the
-        committer builds and stores blocks of earlier chunks while later ones are still
-        being parsed and verified."""
+        A pipeline over chunks of ``chunk`` items: this thread parses a chunk and starts
+        the checker verifying its signatures, then parses the next one; every chunk
+        whose signatures are done (in order) goes to the orderer at once, so the
+        committer builds and stores blocks while later chunks are parsed and verified.
+        Parsing and committing hold the GIL; libsodium's verify does not, so the
+        checker's threads fill the other core. The last chunk is handed over with
+        ``flush``: nothing follows it, so its block need not wait for more."""
         prepared: list[Pending | OpsledgerError] = []
-        for start in range(0, len(items), chunk):
-            part = self._prepare_chunk(items[start : start + chunk])
-            pendings = [p for p in part if isinstance(p, Pending)]
-            if pendings:
-                self._orderer.submit(pendings)
-            prepared.extend(part)
+        in_flight: deque[_Chunk] = deque()
+        starts = range(0, len(items), chunk)
+        for start in starts:
+            in_flight.append(self._start_chunk(items[start : start + chunk]))
+            while in_flight and in_flight[0].done():
+                current = in_flight.popleft()
+                last = start == starts[-1] and not in_flight
+                prepared.extend(self._finish_chunk(current, flush=last))
+        while in_flight:
+            current = in_flight.popleft()
+            prepared.extend(self._finish_chunk(current, flush=not in_flight))
         results: list[Receipt | OpsledgerError] = []
         for p in prepared:
             if isinstance(p, OpsledgerError):
@@ -384,11 +406,12 @@ class LedgerNode:
                 results.append(StorageError(f"not acknowledged within {timeout:g} s"))
         return results
 
-    def _prepare_chunk(
-        self, items: Sequence[bytes | str | SignedTransaction]
-    ) -> list[Pending | OpsledgerError]:
+    def _start_chunk(self, items: Sequence[bytes | str | SignedTransaction]) -> _Chunk:
+        """Parse ``items`` and start verifying the signatures whose keys are known."""
         prepared: list[Pending | OpsledgerError] = []
-        checks: list[tuple[int, PublicKey, SignedTransaction]] = []
+        positions: list[int] = []
+        batch: list[tuple[PublicKey, bytes, bytes, bytes]] = []
+        known_key = self.registry.known_key
         for position, raw in enumerate(items):
             try:
                 stx = raw if isinstance(raw, SignedTransaction) else SignedTransaction.parse(raw)
@@ -396,16 +419,26 @@ class LedgerNode:
                 prepared.append(exc)
                 continue
             prepared.append(Pending(stx))
-            key = self.registry.known_key(stx.tx.key_id)
+            key = known_key(stx.tx.key_id)
             if key is not None:
-                checks.append((position, key, stx))
-        batch = [(key, DOMAIN_TX, stx.message, stx.sig) for _, key, stx in checks]
-        for (position, _, _stx), ok in zip(checks, self.checker.verify_many(batch), strict=True):
+                positions.append(position)
+                batch.append((key, DOMAIN_TX, stx.message, stx.sig))
+        return _Chunk(prepared, positions, self.checker.start(batch))
+
+    def _finish_chunk(
+        self, chunk: _Chunk, *, flush: bool = False
+    ) -> list[Pending | OpsledgerError]:
+        """Wait for the chunk's signatures, then hand what passed to the orderer."""
+        prepared = chunk.prepared
+        for position, ok in zip(chunk.positions, chunk.verdicts.result(), strict=True):
             item = prepared[position]
             if ok and isinstance(item, Pending):
                 item.signature_verified = True
             else:
                 prepared[position] = PermissionDenied("signature does not verify", field="sig")
+        pendings = [p for p in prepared if isinstance(p, Pending)]
+        if pendings or flush:
+            self._orderer.submit(pendings, flush=flush)
         return prepared
 
     def _deliver(self, batch: Sequence[Pending]) -> None:

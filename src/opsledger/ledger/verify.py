@@ -20,6 +20,7 @@ from opsledger.core import (
     canonical,
     parse_json,
 )
+from opsledger.core.verify import PreparedBlock
 from opsledger.ledger.contracts import StoreEvidence, evaluate_trigger
 from opsledger.store import BlockRecord, LedgerStore, TxQuery, TxRecord
 
@@ -122,9 +123,12 @@ def verify_store(
         fork_height=int(fork_height) if fork_height is not None else None,
     )
     book = ContractBook()
-    for block, records in iter_store_blocks(store):
+
+    def check(block: BlockRecord, records: list[TxRecord], prepared: PreparedBlock) -> None:
         try:
-            parsed = verifier.add_block(block.data, [r.leaf for r in records], block.checkpoint)
+            parsed = verifier.add_block(
+                block.data, prepared.leaves, block.checkpoint, prepared=prepared
+            )
             _check_columns(block, records, parsed)
             check_deployments(book, block.height, records, parsed)
         except OpsledgerError:
@@ -135,6 +139,17 @@ def verify_store(
             ) from exc
         if progress is not None:
             progress(block.height, block.log_size)
+
+    # Two blocks in flight: block k+1 is parsed and its signatures handed to the checker
+    # before block k is checked, so the checker verifies while this thread works.
+    previous: tuple[BlockRecord, list[TxRecord], PreparedBlock] | None = None
+    for block, records in iter_store_blocks(store):
+        prepared = verifier.prepare([r.leaf for r in records])
+        if previous is not None:
+            check(*previous)
+        previous = (block, records, prepared)
+    if previous is not None:
+        check(*previous)
     result = verifier.result()
     verify_contracts(store, book, StoreEvidence(store, verifier.registry))
     return result

@@ -36,8 +36,9 @@ class Orderer(Protocol):
     def start(self, deliver: Deliver) -> None:
         """Begin delivering ordered batches to ``deliver`` (called from one thread)."""
 
-    def submit(self, items: Sequence[Pending]) -> None:
-        """Queue transactions for ordering; returns at once."""
+    def submit(self, items: Sequence[Pending], *, flush: bool = False) -> None:
+        """Queue transactions for ordering; returns at once. ``flush`` says no more
+        items follow soon, so a batch need not wait for them."""
 
     def stop(self) -> None:
         """Deliver what is queued, then stop."""

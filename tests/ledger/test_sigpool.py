@@ -1,0 +1,100 @@
+"""The verifier process behind ingest, and the pipeline that feeds it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from opsledger.client.base import Signer
+from opsledger.core import PrivateKey, SignedTransaction, Subject
+from opsledger.core.crypto import DOMAIN_TX, VerifyItem
+from opsledger.ledger import LedgerNode
+from opsledger.ledger.sigpool import ProcessSignatureChecker, _shared
+from opsledger.ordering import InProcessOrderer, Pending
+from opsledger.store import SqliteStore
+from opsledger.testing.factories import key_for
+
+NOTE = Subject("release", "r1")
+
+
+def _items(count: int, bad: Sequence[int]) -> list[VerifyItem]:
+    key = PrivateKey(bytes(range(32)))
+    items: list[VerifyItem] = []
+    for i in range(count):
+        message = f"message {i}".encode()
+        sig = key.sign(DOMAIN_TX, message)
+        if i in bad:
+            sig = bytes([sig[0] ^ 1]) + sig[1:]
+        items.append((key.public_key, DOMAIN_TX, message, sig))
+    return items
+
+
+def test_the_worker_process_gives_each_signature_its_own_verdict() -> None:
+    checker = ProcessSignatureChecker(min_batch=8)
+    items = _items(100, bad=[0, 41, 99])
+    verdicts = checker.start(items).result(timeout=60)
+    assert [i for i, ok in enumerate(verdicts) if not ok] == [0, 41, 99]
+    assert checker.verify_many(items[:3]) == [False, True, True]  # small: in-process
+
+
+def test_a_killed_worker_costs_no_verdict() -> None:
+    checker = ProcessSignatureChecker(min_batch=8)
+    items = _items(64, bad=[7])
+    assert checker.verify_many(items).count(False) == 1  # the pool is up
+    pool = _shared.get()
+    for pid in list(pool._processes):  # the test kills the real worker
+        os.kill(pid, signal.SIGKILL)
+    for _ in range(3):  # the broken pool is noticed, replaced, and verdicts stay exact
+        verdicts = checker.verify_many(items)
+        assert [i for i, ok in enumerate(verdicts) if not ok] == [7]
+
+
+def test_submit_many_through_the_worker_refuses_only_the_forgery(
+    db_path: Path, admin: Signer
+) -> None:
+    store = SqliteStore(db_path)
+    store.initialize()
+    node = LedgerNode(
+        store,
+        node_key=key_for("node"),
+        orderer=InProcessOrderer(max_batch=100, max_wait=0.002),
+        checker=ProcessSignatureChecker(min_batch=16),
+        on_close=store.close,
+    ).start()
+    try:
+        good = [admin.sign("note", NOTE, {"text": str(i)}) for i in range(700)]
+        forged = good[333]
+        forged = SignedTransaction(tx=forged.tx, sig=bytes(64), leaf=forged.leaf, tx_id="0" * 64)
+        items: list[bytes | SignedTransaction] = [stx.leaf for stx in good]
+        items[333] = forged
+        results = node.submit_many(items, chunk=64)
+        refused = [i for i, r in enumerate(results) if isinstance(r, Exception)]
+        assert refused == [333]
+        assert "signature" in str(results[333])
+        assert node.head.log_size == 2 + 699
+        assert node.verify().transactions == 2 + 699  # raises if anything is wrong
+    finally:
+        node.close()
+
+
+def test_flush_cuts_the_block_without_waiting_for_more() -> None:
+    """With a minute of ``max_wait``, only ``flush`` can deliver a short batch now."""
+    delivered = threading.Event()
+    orderer = InProcessOrderer(max_batch=1000, max_wait=60.0)
+    orderer.start(lambda batch: delivered.set())
+    try:
+        item = Pending(SignedTransaction.parse(_signed_note()))
+        orderer.submit([item])
+        assert not delivered.wait(0.3)  # waits for more, as group commit should
+        orderer.submit([], flush=True)
+        assert delivered.wait(30)
+    finally:
+        orderer.stop()
+
+
+def _signed_note() -> bytes:
+    signer = Signer("admin", key_for("admin"), ledger="")
+    return signer.sign("note", NOTE, {"text": "x"}).leaf
