@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,12 +14,13 @@ from opsledger.client.base import Signer
 from opsledger.core import PrivateKey, SignedTransaction, Subject
 from opsledger.core.crypto import DOMAIN_TX, VerifyItem
 from opsledger.ledger import LedgerNode
-from opsledger.ledger.sigpool import ProcessSignatureChecker, _shared
+from opsledger.ledger.sigpool import ProcessSignatureChecker, verifier_pids
 from opsledger.ordering import InProcessOrderer, Pending
 from opsledger.store import SqliteStore
 from opsledger.testing.factories import key_for
 
 NOTE = Subject("release", "r1")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _items(count: int, bad: Sequence[int]) -> list[VerifyItem]:
@@ -43,13 +46,39 @@ def test_the_worker_process_gives_each_signature_its_own_verdict() -> None:
 def test_a_killed_worker_costs_no_verdict() -> None:
     checker = ProcessSignatureChecker(min_batch=8)
     items = _items(64, bad=[7])
-    assert checker.verify_many(items).count(False) == 1  # the pool is up
-    pool = _shared.get()
-    for pid in list(pool._processes):  # the test kills the real worker
-        os.kill(pid, signal.SIGKILL)
-    for _ in range(3):  # the broken pool is noticed, replaced, and verdicts stay exact
+    assert checker.verify_many(items).count(False) == 1  # the worker is up
+    (pid,) = verifier_pids()
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(3):  # the dead worker is noticed, replaced, and verdicts stay exact
         verdicts = checker.verify_many(items)
         assert [i for i, ok in enumerate(verdicts) if not ok] == [7]
+    assert verifier_pids() and verifier_pids() != [pid]
+
+
+def test_the_worker_runs_under_any_main_module(tmp_path: Path) -> None:
+    """``python -c`` has no main file; multiprocessing's spawn could not start a worker
+    there. The worker is started by path, so it works, and uses a real process."""
+    code = (
+        "from tests.ledger.test_sigpool import _items\n"
+        "from opsledger.ledger.sigpool import ProcessSignatureChecker, verifier_pids\n"
+        "import os\n"
+        "v = ProcessSignatureChecker(min_batch=8).verify_many(_items(40, bad=[3]))\n"
+        "assert [i for i, ok in enumerate(v) if not ok] == [3], v\n"
+        "(pid,) = verifier_pids()\n"
+        "assert pid != os.getpid()\n"
+        "print('ok', pid)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok ")
+    assert "verifying in-process" not in done.stderr
 
 
 def test_submit_many_through_the_worker_refuses_only_the_forgery(

@@ -71,6 +71,7 @@ from opsledger.ledger import (
     verify_contracts,
     verify_store,
 )
+from opsledger.ledger.sigpool import ProcessSignatureChecker
 from opsledger.store import BlockRecord, LedgerStore, TxRecord, open_store
 
 __all__ = [
@@ -415,7 +416,9 @@ def verify_home_store(
         if progress is not None:
             progress(height, head.height)
 
-    with signature_checker(checker) as sig_checker:
+    # verify_store pipelines blocks, which the verifier process serves best (see
+    # ledger.sigpool: threads convoy on the GIL with the parsing thread).
+    with signature_checker(checker or ProcessSignatureChecker()) as sig_checker:
         return verify_store(store, checker=sig_checker, progress=on_block, genesis_hash=pinned)
 
 

@@ -33,7 +33,6 @@ __all__ = [
     "SignatureChecker",
     "ThreadedSignatureChecker",
     "key_id_of",
-    "verify_raw",
 ]
 
 DOMAIN_TX = b"opsledger/tx/v1\n"
@@ -124,26 +123,6 @@ VerifyItem = tuple[PublicKey, bytes, bytes, bytes]
 
 def _verify_each(items: Sequence[VerifyItem]) -> list[bool]:
     return [key.verify(domain, message, sig) for key, domain, message, sig in items]
-
-
-_raw_keys: dict[bytes, PublicKey] = {}
-
-
-def verify_raw(items: Sequence[tuple[bytes, bytes, bytes]]) -> list[bool]:
-    """Verify (raw public key, signed bytes, signature) triples, the signed bytes being
-    ``domain || message`` already: the picklable form a verifier process receives.
-    Keys are few (one per actor) and parsed once per process."""
-    results = []
-    for raw, data, sig in items:
-        key = _raw_keys.get(raw)
-        if key is None:
-            try:
-                key = _raw_keys[raw] = PublicKey(raw)
-            except InvalidInput:
-                results.append(False)
-                continue
-        results.append(key.verify(b"", data, sig))
-    return results
 
 
 class SignatureChecker:

@@ -140,11 +140,29 @@ def verify_store(
         if progress is not None:
             progress(block.height, block.log_size)
 
-    # Two blocks in flight: block k+1 is parsed and its signatures handed to the checker
-    # before block k is checked, so the checker verifies while this thread works.
+    # Two blocks in flight: block k+1 is read, parsed and its signatures handed to the
+    # checker before block k is checked, so the checker verifies while this thread works.
+    # Whatever goes wrong reading block k+1 is raised only after block k passed: the
+    # first bad block is always the one reported.
     previous: tuple[BlockRecord, list[TxRecord], PreparedBlock] | None = None
-    for block, records in iter_store_blocks(store):
-        prepared = verifier.prepare([r.leaf for r in records])
+    blocks = iter_store_blocks(store)
+    while True:
+        try:
+            block, records = next(blocks)
+        except StopIteration:
+            break
+        except Exception:
+            if previous is not None:
+                check(*previous)
+            raise
+        try:
+            prepared = verifier.prepare([r.leaf for r in records])
+        except (TypeError, ValueError, AttributeError) as exc:  # a leaf of the wrong kind
+            if previous is not None:
+                check(*previous)
+            raise VerificationFailed(
+                f"block {block.height}: stored data is malformed: {exc}", height=block.height
+            ) from exc
         if previous is not None:
             check(*previous)
         previous = (block, records, prepared)
