@@ -196,7 +196,7 @@ def ingest_many(
             return run
 
         everything = list(range(len(items)))
-        cpu = time.process_time() - verifier_cpu_seconds()
+        cpu = time.process_time() + verifier_cpu_seconds()
         if callers == 1:
             seconds = timed(feed(everything))
         else:

@@ -399,7 +399,7 @@ def verify_rows(report: Report, raw: RawCrypto, db: Path) -> float:
             def run(c: SignatureChecker = checker) -> None:
                 holder.append(verify_store(store, checker=c))
 
-            cpu = time.process_time() - verifier_cpu_seconds()
+            cpu = time.process_time() + verifier_cpu_seconds()
             seconds = timed(run)
             cpu = time.process_time() + verifier_cpu_seconds() - cpu
             timings[label] = (seconds, cpu)
