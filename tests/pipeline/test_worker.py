@@ -170,6 +170,33 @@ def test_a_job_runs_on_a_worker_and_its_result_is_recorded_once(
     assert finished[0]["body"]["log_digest"] == outcome.log_digest
 
 
+def test_a_long_log_is_streamed_whole_and_matches_its_digest(
+    nats_server: NatsServer, home: Home, tmp_path: Path
+) -> None:
+    """The worker spools a job's log to a file and streams it to the Object Store (it no
+    longer holds the log in memory): every byte arrives and matches ``log_digest``."""
+    settings = _settings(nats_server, "longlog")
+    project = tmp_path / "project"
+    project.mkdir()
+    stores = PipelineStores(tmp_path / "stores")
+    job = _job("seq 1 60000 | sed 's/^/line /'", "printf 'caf\\303\\251 \\377 end\\n'")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with (
+        running_worker(home, settings, "w-longlog", scratch=scratch),
+        QueueClient(settings) as client,
+    ):
+        outcome, _ = _dispatch(NatsDispatcher(client, stores, project), "run-longlog", job)
+    assert outcome.status == "success", outcome.reason
+    log = stores.logs.get(outcome.log_digest or "")
+    assert "sha256:" + hashlib.sha256(log).hexdigest() == outcome.log_digest
+    text = log.decode("utf-8")
+    assert text.count("\n") >= 60001
+    assert "line 1\n" in text and "line 60000\n" in text
+    assert "café \ufffd end" in text  # invalid UTF-8 is replaced, as the digest covers it
+    assert list(scratch.iterdir()) == []  # the job's directory and its spooled log are gone
+
+
 def test_a_redelivered_job_already_on_the_ledger_is_not_run_again(
     nats_server: NatsServer, home: Home, tmp_path: Path
 ) -> None:

@@ -48,6 +48,9 @@ class Upload(Protocol):
     def data(self, data: bytes) -> str:
         """Store bytes; returns their digest."""
 
+    def file(self, path: Path) -> str:
+        """Store one file, streamed (a job's log can be larger than memory)."""
+
     def manifest(self, entries: Mapping[str, str]) -> str | None:
         """Store a manifest of already stored files ``{relpath: digest}``."""
 
@@ -277,22 +280,29 @@ class PipelineJobHandler:
         for name in _KEY_ENV:
             base.pop(name, None)
         env = {**base, **message.env, "OPSLEDGER_WORKER": worker}
-        lines: list[str] = []
+        # The log is spooled to a file beside the job's directory and streamed to the
+        # Object Store: a chatty job must not grow the worker's memory. Its bytes are
+        # the (masked) lines joined by newlines, which is what ``log_digest`` covers.
+        log_path = workdir.parent / f"{workdir.name}.log"
+        try:
+            with log_path.open("wb") as log:
 
-        def output(line: str) -> None:
-            lines.append(line)
-            upload.output(line)
+                def output(line: str) -> None:
+                    log.write(line.encode("utf-8", "replace") + b"\n")  # as execute hashes it
+                    upload.output(line)
 
-        outcome = execute_job(
-            job,
-            workdir=workdir,
-            env=env,
-            secrets=secrets,
-            on_output=output,
-            cancel=cancel,
-            die_with_parent=True,  # a SIGKILLed worker's job must not run on (redelivered)
-        )
-        upload.data("".join(line + "\n" for line in lines).encode())
+                outcome = execute_job(
+                    job,
+                    workdir=workdir,
+                    env=env,
+                    secrets=secrets,
+                    on_output=output,
+                    cancel=cancel,
+                    die_with_parent=True,  # a SIGKILLed worker's job must not run on
+                )
+            upload.file(log_path)
+        finally:
+            log_path.unlink(missing_ok=True)
         manifest = upload.files({rel: workdir / rel for rel in outcome.artifacts})
         raw_inputs = message.spec.get("artifact_inputs") or {}
         # One client for the look-and-write: on a local home it holds the writer lock

@@ -106,6 +106,9 @@ class _ThreadUpload:
     def data(self, data: bytes) -> str:
         return asyncio.run_coroutine_threadsafe(self._store.put_bytes(data), self._loop).result()
 
+    def file(self, path: Path) -> str:
+        return asyncio.run_coroutine_threadsafe(self._store.put_file(path), self._loop).result()
+
     def manifest(self, entries: Mapping[str, str]) -> str | None:
         if not entries:
             return None
