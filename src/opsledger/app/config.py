@@ -30,7 +30,7 @@ class Config:
     node: str = "node"
     admin: str = "admin"
     block_max_txs: int = 2000
-    block_max_wait_ms: float = 5.0
+    block_max_wait_ms: float = 0.0
     listen: str = "127.0.0.1:8700"
 
     def to_yaml(self) -> dict[str, Any]:
@@ -77,7 +77,7 @@ def load_config(path: Path) -> Config:
             node=str(ledger.get("node", "node")),
             admin=str(ledger.get("admin", "admin")),
             block_max_txs=int(ledger.get("block_max_txs", 2000)),
-            block_max_wait_ms=float(ledger.get("block_max_wait_ms", 5.0)),
+            block_max_wait_ms=float(ledger.get("block_max_wait_ms", 0.0)),
             listen=str(os.environ.get("OPSLEDGER_LISTEN") or api.get("listen", "127.0.0.1:8700")),
         )
     except (TypeError, ValueError) as exc:
