@@ -103,7 +103,7 @@ class Writers:
 def check_ledger(home: Home, acked: list[Receipt]) -> int:
     """Read the store directly: acked receipts present and unchanged, leaf indexes
     contiguous, unique tx ids, and verify from genesis. Returns the log size."""
-    store = open_store(home.config().store)
+    store = open_store(home.resolve_store(home.config().store))
     try:
         records = list(store.iter_txs(0))
         assert [r.leaf_index for r in records] == list(range(len(records)))

@@ -7,6 +7,7 @@ import base64
 import gzip
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,8 +16,8 @@ from opsledger.app.bundle import FORMAT, BundleReader
 from .conftest import Ledger, fails, ok, ok_json, run
 
 
-def _export(ledger: Ledger, path: Path, *args: str) -> dict:
-    info = ok_json(ledger.path, "export", str(path), *args)
+def _export(ledger: Ledger, path: Path, *args: str) -> dict[str, Any]:
+    info: dict[str, Any] = ok_json(ledger.path, "export", str(path), *args)
     assert info["file"] == str(path)
     return info
 

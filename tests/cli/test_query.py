@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from io import StringIO
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -14,6 +15,7 @@ from opsledger.cli.query import normalize_time
 from opsledger.core import (
     InvalidInput,
     ProofError,
+    PublicKey,
     b64decode,
     leaf_hash,
     open_checkpoint,
@@ -26,7 +28,7 @@ from opsledger.core import (
 from .conftest import Ledger, fails, ok, ok_json, run
 
 
-def _lines(text: str) -> list[dict]:
+def _lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines()]
 
 
@@ -128,7 +130,7 @@ def test_checkpoint_is_printed_byte_for_byte(ledger: Ledger) -> None:
     assert "no checkpoint at tree size 5" in fails(ledger.path, "checkpoint", "--size", "5")
 
 
-def _node_key(ledger: Ledger) -> tuple[str, object]:
+def _node_key(ledger: Ledger) -> tuple[str, PublicKey]:
     home = Home(ledger.path)
     return "node", home.load_key("node").public_key
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,8 +14,9 @@ from opsledger.core import InvalidInput
 from .conftest import DIGEST, fails, ok, ok_json, run
 
 
-def _tx(home: Path, tx_id: str) -> dict:
-    return ok_json(home, "show", tx_id)["transaction"]
+def _tx(home: Path, tx_id: str) -> dict[str, Any]:
+    tx: dict[str, Any] = ok_json(home, "show", tx_id)["transaction"]
+    return tx
 
 
 def test_record_json_is_exactly_the_receipt(home: Path) -> None:
@@ -63,7 +65,7 @@ def test_fields_build_typed_nested_bodies(home: Path) -> None:
 
 
 def test_parse_field_values() -> None:
-    body: dict = {}
+    body: dict[str, Any] = {}
     for item in [
         "n=3",
         "t=true",
@@ -235,7 +237,7 @@ def test_replay_is_resigned_once(home: Path, monkeypatch: pytest.MonkeyPatch) ->
     from opsledger.client.base import Signer
 
     first = ok_json(home, "record", "note", "--subject", "x:y", "--field", "text=a")
-    last = _tx(home, first["tx_id"])["nonce"]
+    last: int = _tx(home, first["tx_id"])["nonce"]
     original = Signer.next_nonce
     calls = {"n": 0}
 

@@ -8,6 +8,7 @@ import random
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,7 +39,7 @@ def _db(ledger: Ledger) -> Path:
     return ledger.path / "ledger.db"
 
 
-def _rows(db: Path, sql: str) -> list[tuple]:
+def _rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
     con = sqlite3.connect(db)
     try:
         return con.execute(sql).fetchall()
@@ -78,7 +79,9 @@ def _expect_failure(db: Path, height: int) -> VerificationFailed:
     return caught.value
 
 
-def _tamper_cases(ledger: Ledger) -> Iterator[tuple[str, int, str, tuple, tuple]]:
+def _tamper_cases(
+    ledger: Ledger,
+) -> Iterator[tuple[str, int, str, tuple[Any, ...], tuple[Any, ...]]]:
     """(what, expected height, UPDATE statement, tampered params, restoring params)."""
     rng = random.Random(1234)
     db = _db(ledger)

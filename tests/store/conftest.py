@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -76,7 +77,7 @@ class Batch:
     ) -> tuple[BlockRecord, list[TxRecord], list[tuple[int, int, bytes]], dict[str, int]]:
         return self.block, self.txs, self.nodes, self.nonces
 
-    def replace_block(self, **changes: object) -> Batch:
+    def replace_block(self, **changes: Any) -> Batch:
         return dataclasses.replace(self, block=dataclasses.replace(self.block, **changes))
 
 

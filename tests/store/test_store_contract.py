@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -206,7 +207,7 @@ def _with_tx(batch: Batch, i: int, **changes: object) -> Batch:
     return dataclasses.replace(batch, txs=txs)
 
 
-BAD_BATCHES = {
+BAD_BATCHES: dict[str, Callable[[Batch, ChainBuilder], Batch]] = {
     "height gap": lambda b, c: _set_height(b, b.block.height + 1),
     "duplicate height": lambda b, c: _set_height(b, b.block.height - 1),
     "leaf gap": lambda b, c: _shift_leaves(b, 1),
