@@ -38,6 +38,7 @@ from opsledger.core import (
 )
 from opsledger.core.crypto import DOMAIN_TX
 from opsledger.ledger import ContractRule, LedgerNode
+from opsledger.ledger.results import JobResultRule
 from opsledger.ledger.sigpool import verifier_pids
 from opsledger.ordering import Pending
 from opsledger.store import LedgerStore, open_store
@@ -355,7 +356,7 @@ def _inline_pass(
     node = LedgerNode(
         store,
         node_key=home.load_key(config.node),
-        rules=[ContractRule()],
+        rules=[ContractRule(), JobResultRule()],
         orderer=orderer,
         checker=SignatureChecker(),
         on_close=store.close,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -82,8 +83,13 @@ def executor(ledger: Ledger, workdir: Path = SAMPLE, **options: Any) -> LocalExe
     return LocalExecutor(ledger.client, ledger.ci, workdir=workdir, **options)
 
 
-def request(ledger: Ledger, spec: JobSpec, run: str = "run-1") -> JobRequest:
+def request(ledger: Ledger, spec: JobSpec, run: str | None = None) -> JobRequest:
+    """Each test's run is its own: the node keeps one job.finished per job run."""
+    run = run or f"run-{next(_RUNS)}"
     return JobRequest(spec=spec, digest=DIGEST, trigger=ledger.trigger, run=run)
+
+
+_RUNS = itertools.count(1)
 
 
 def on_ledger(ledger: Ledger, tx_id: str) -> dict[str, Any]:
@@ -125,7 +131,7 @@ def test_passing_suite_records_test_finished(ledger: Ledger) -> None:
         parser="counts",
     )
     ex: JobExecutor = executor(ledger)  # LocalExecutor satisfies the protocol
-    result = ex.run(request(ledger, spec))
+    result = ex.run(request(ledger, spec, run="run-unit"))
 
     assert result.status == "success", result.output_tail
     assert result.exit_code == 0
@@ -142,7 +148,7 @@ def test_passing_suite_records_test_finished(ledger: Ledger) -> None:
     )
     assert body["digest"] == DIGEST
     assert body["job"] == "unit"
-    assert body["run"] == "run-1"
+    assert body["run"] == "run-unit"
     assert body["exit_code"] == 0
     assert body["command"] == [PY, "-m", "pytest", "-q", "tests"]
     assert body["duration_ms"] == result.duration_ms

@@ -645,6 +645,36 @@ def test_batched_recording_writes_only_the_missing_results(home: Home) -> None:
     assert sorted(r["transaction"]["body"]["job"] for r in rows) == ["b0", "b1", "b2"]
 
 
+def test_a_result_recorded_between_the_look_and_the_write_stands(home: Home) -> None:
+    """Two recorders of one job (a redelivery while the first worker was only silent):
+    the one whose view is stale is refused by the node and takes the other's result,
+    writing no evidence of its own (its outcome differs from the one that stands)."""
+    from opsledger.pipeline import FinishedJob, RecordedResults, record_job_outcomes
+
+    run = "20260101-000000-7ace01"
+    jobs = [_job("true", name="r0"), _job("true", name="r1")]
+    signer = pipeline_signer(home)
+    c = home.client()
+    try:
+        stale = RecordedResults(run).refresh(c)  # looked: nothing recorded yet
+        winner = record_job_outcome(c, signer, run, jobs[0], JobOutcome("failure", exit_code=1))
+        ids = record_job_outcomes(
+            c,
+            signer,
+            run,
+            [FinishedJob(j, JobOutcome("success", exit_code=0, attempts=1)) for j in jobs],
+            recorded=stale,
+        )
+        rows = c.list_transactions({"type": "job.finished", "subject": f"run:{run}"})
+    finally:
+        c.close()
+    assert ids[0] == winner
+    assert isinstance(ids[1], str) and ids[1] != winner
+    results = {r["transaction"]["body"]["job"]: r["transaction"]["body"] for r in rows}
+    assert sorted(results) == ["r0", "r1"]
+    assert results["r0"]["status"] == "failure"  # the first result stands
+
+
 def test_a_result_is_on_the_ledger_before_its_dependants_start(home: Home, tmp_path: Path) -> None:
     text = (
         "pipeline: order\nstages:\n  build:\n    jobs:\n"

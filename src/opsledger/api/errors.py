@@ -9,6 +9,7 @@ Every error body is ``{"error": {"code": ..., "message": ..., <details>}}``, bui
     PermissionDenied                         403
     NotFound                                 404
     Conflict, ReplayRejected                 409  re-sign with a fresh nonce, or give up
+    AlreadyRecorded                          409  the result exists: use ``existing``
     PayloadTooLarge                          413
     VerificationFailed, ProofError           422  the evidence does not hold
     UpstreamError                            502

@@ -42,6 +42,7 @@ from opsledger.core import (
     Subject,
 )
 from opsledger.ledger import ContractRule, ContractRunner, LedgerNode, create_genesis
+from opsledger.ledger.results import JobResultRule
 from opsledger.ledger.sigpool import ProcessSignatureChecker
 from opsledger.ordering import InProcessOrderer
 from opsledger.store import LedgerStore, open_store
@@ -248,7 +249,7 @@ class Home:
             node = LedgerNode(
                 store,
                 node_key=self.load_key(config.node) if writable else None,
-                rules=[contracts],
+                rules=[contracts, JobResultRule()],
                 orderer=InProcessOrderer(
                     max_batch=config.block_max_txs, max_wait=config.block_max_wait_ms / 1000
                 ),

@@ -18,6 +18,7 @@ import httpx
 
 from opsledger.client.base import TxFilter
 from opsledger.core import (
+    AlreadyRecorded,
     ConfigError,
     Conflict,
     InvalidInput,
@@ -50,6 +51,7 @@ ERROR_CLASSES: dict[str, type[OpsledgerError]] = {
         ProofError,
         Conflict,
         ReplayRejected,
+        AlreadyRecorded,
         UpstreamError,
         StorageError,
         ConfigError,

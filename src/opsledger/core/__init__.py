@@ -22,6 +22,7 @@ from opsledger.core.crypto import (
 )
 from opsledger.core.encoding import b64decode, b64encode, canonical, parse_json, sha256_hex
 from opsledger.core.errors import (
+    AlreadyRecorded,
     ConfigError,
     Conflict,
     InvalidInput,
@@ -70,6 +71,7 @@ from opsledger.core.verify import (
 __all__ = [
     "DEFAULT_ROLES",
     "GENESIS_PREV_HASH",
+    "AlreadyRecorded",
     "Block",
     "BlockHeader",
     "Checkpoint",

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AlreadyRecorded",
     "ConfigError",
     "Conflict",
     "InvalidInput",
@@ -95,6 +96,12 @@ class Conflict(OpsledgerError):
 
 class ReplayRejected(Conflict):
     code = "replay_rejected"
+
+
+class AlreadyRecorded(Conflict):
+    """A result that may exist once is already on the ledger; ``existing`` names it."""
+
+    code = "already_recorded"
 
 
 class UpstreamError(OpsledgerError):

@@ -22,6 +22,7 @@ from opsledger.core import (
 )
 from opsledger.core.verify import PreparedBlock
 from opsledger.ledger.contracts import StoreEvidence, evaluate_trigger
+from opsledger.ledger.results import check_job_results
 from opsledger.store import BlockRecord, LedgerStore, TxQuery, TxRecord
 
 __all__ = ["check_deployments", "iter_store_blocks", "verify_contracts", "verify_store"]
@@ -131,6 +132,7 @@ def verify_store(
             )
             _check_columns(block, records, parsed)
             check_deployments(book, block.height, records, parsed)
+            check_job_results(store, block.height, records, parsed)
         except OpsledgerError:
             raise
         except (TypeError, ValueError, AttributeError) as exc:  # a column of the wrong kind

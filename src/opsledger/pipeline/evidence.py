@@ -18,12 +18,11 @@ could both write; what closes that window:
 - on a local home, the callers hold ONE client across the look and the write (the
   runner's round session, the worker's ``PerCallClient.session()``): an open in-process
   node holds the home's writer lock, so no other process can write in between;
-- with a shared ``opsledger serve``, nothing in the ledger refuses a second result yet;
-  two recorders exist only if the queue redelivered a job whose first worker was still
-  alive but silent for longer than ``ack_wait`` (no heartbeats: a partition from NATS, a
-  stopped process). A deterministic nonce cannot help: nonces must rise per actor, and a
-  re-signed duplicate has another id. Closing it needs the node to refuse a second
-  ``job.finished`` for one (run, job): an admission rule in the ledger, not here.
+- with a shared ``opsledger serve`` (two recorders exist only if the queue redelivered a
+  job whose first worker was alive but silent for longer than ``ack_wait``), the node's
+  admission rule (``ledger.results``) refuses a second ``job.finished`` for one (run,
+  job) with ``AlreadyRecorded`` naming the first; the loser takes that id and writes no
+  evidence of its own, since its outcome may differ from the one that stands.
 """
 
 from __future__ import annotations
@@ -34,7 +33,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opsledger.client.base import LedgerClient, Signer, all_transactions, submit_signed
-from opsledger.core import OpsledgerError, ReplayRejected, SignedTransaction, Subject
+from opsledger.core import (
+    AlreadyRecorded,
+    OpsledgerError,
+    ReplayRejected,
+    SignedTransaction,
+    Subject,
+)
 from opsledger.pipeline.execute import JobOutcome
 from opsledger.pipeline.spec import JobDef, PipelineSpec
 
@@ -228,11 +233,24 @@ def record_job_outcomes(
             for r in fresh
         ],
     )
-    ids: dict[str, str | OpsledgerError] = {
-        r.job.name: result for r, result in zip(fresh, written, strict=True)
-    }
+    ids: dict[str, str | OpsledgerError] = {}
+    lost: set[str] = set()
+    for r, result in zip(fresh, written, strict=True):
+        existing_id = (
+            result.details.get("existing") if isinstance(result, AlreadyRecorded) else None
+        )
+        if isinstance(existing_id, str):
+            # Another recorder's result was admitted between our look and our write (the
+            # node allows one per job). Its result stands, and it writes its own evidence:
+            # evidence from this attempt, citing that result, could contradict it.
+            recorded.by_job[r.job.name] = existing_id
+            lost.add(r.job.name)
+        else:
+            ids[r.job.name] = result
     evidence: list[SignedTransaction] = []
     for r in results:
+        if r.job.name in lost:
+            continue
         existing = recorded.get(r.job.name)
         tx_id = existing or ids[r.job.name]
         if isinstance(tx_id, OpsledgerError):
