@@ -81,6 +81,30 @@ def test_the_worker_runs_under_any_main_module(tmp_path: Path) -> None:
     assert "verifying in-process" not in done.stderr
 
 
+def test_many_threads_share_the_worker_and_get_their_own_verdicts() -> None:
+    """Frames from many threads interleave on one pipe; each reply must reach its own
+    caller, and a writer blocked on a full pipe must not stop the replies (a deadlock
+    here would fail the timeout, not hang the suite)."""
+    checker = ProcessSignatureChecker(min_batch=8)
+    batches = [(_items(64 + t, bad=[t % 7, 40 + t % 5]), t) for t in range(16)]
+    failures: list[str] = []
+
+    def run(items: list[VerifyItem], t: int) -> None:
+        for _ in range(15):
+            verdicts = checker.start(items).result(timeout=60)
+            bad = [i for i, ok in enumerate(verdicts) if not ok]
+            if bad != sorted({t % 7, 40 + t % 5}):
+                failures.append(f"thread {t}: {bad}")
+
+    threads = [threading.Thread(target=run, args=batch) for batch in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert failures == []
+
+
 def test_submit_many_through_the_worker_refuses_only_the_forgery(
     db_path: Path, admin: Signer
 ) -> None:

@@ -67,24 +67,32 @@ class _Worker:
             close_fds=True,
         )
         self._waiting: deque[Future[list[bool]]] = deque()
-        self._lock = threading.Lock()
+        # Two locks: ``_write`` keeps frames whole and in the order of ``_waiting`` and is
+        # held across a pipe write that blocks until the worker reads; ``_state`` guards
+        # ``_waiting`` and ``alive`` for moments only, so the reader can always take its
+        # reply's future and keep draining the worker's output (one lock for both would
+        # let a blocked writer stop the reader, and a full output pipe stop the worker).
+        self._write = threading.Lock()
+        self._state = threading.Lock()
         self.alive = True
         threading.Thread(target=self._read_replies, name="sigworker-reader", daemon=True).start()
 
     def submit(self, items: Sequence[VerifyItem]) -> Future[list[bool]]:
         frame = _frame(items)
         future: Future[list[bool]] = Future()
-        with self._lock:  # one writer at a time keeps frames whole and in reply order
-            if not self.alive:
-                raise WorkerGone("the verifier process has exited")
-            self._waiting.append(future)
-            stdin = self.process.stdin
-            assert stdin is not None
+        stdin = self.process.stdin
+        assert stdin is not None
+        with self._write:
+            with self._state:
+                if not self.alive:
+                    raise WorkerGone("the verifier process has exited")
+                self._waiting.append(future)
             try:
                 stdin.write(frame)
                 stdin.flush()
-            except (OSError, ValueError):
-                self.alive = False  # the reader fails what waits, this future included
+            except (OSError, ValueError):  # gone: the reader fails what waits, this included
+                with self._state:
+                    self.alive = False
         return future
 
     def _read_replies(self) -> None:
@@ -96,11 +104,11 @@ class _Worker:
                 body = _read_exact(stdout, count)
                 if body is None:
                     break
-                with self._lock:
+                with self._state:
                     future = self._waiting.popleft()
                 future.set_result([byte == 1 for byte in body])
         finally:
-            with self._lock:
+            with self._state:
                 self.alive = False
                 orphans = list(self._waiting)
                 self._waiting.clear()
