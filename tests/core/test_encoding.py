@@ -150,3 +150,23 @@ def test_fast_parse_agrees_with_the_strict_parser(tx_type: str, key: str, extra:
     for data in _variants(stx.leaf, key, extra):
         assert _outcome(data) == _strict_outcome(data), data
     assert _outcome(stx.leaf) == ("ok", stx.leaf)
+
+
+@pytest.mark.parametrize(
+    "number", ["100000000000000000000", "18446744073709551616", "9007199254740993", "1e20", "1.5"]
+)
+def test_big_numbers_parse_the_same_as_bytes_and_as_text(number: str) -> None:
+    """orjson reads an integer beyond 64 bits as a float that may re-encode to the same
+    digits; the strict parser reads an int and refuses it. The fast path must not
+    accept what the strict one refuses, whichever way the bytes arrive."""
+    stx = make_tx("note", {"text": "n"})
+    data = stx.leaf.replace(b'"text":"n"', b'"text":"n","x-n":' + number.encode())
+    assert _outcome(data) == _strict_outcome(data)
+    assert _outcome(data) == _outcome_text(data.decode())
+
+
+def _outcome_text(text: str) -> tuple[str, Any]:
+    try:
+        return "ok", SignedTransaction.parse(text).leaf
+    except InvalidInput as exc:
+        return type(exc).__name__, str(exc)

@@ -9,6 +9,9 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from opsledger.client.base import Signer
 from opsledger.core import PrivateKey, SignedTransaction, Subject
@@ -103,6 +106,89 @@ def test_many_threads_share_the_worker_and_get_their_own_verdicts() -> None:
         thread.join(120)
     assert not any(thread.is_alive() for thread in threads)
     assert failures == []
+
+
+def test_a_forked_child_gets_its_own_worker_and_its_own_verdicts() -> None:
+    """A fork inherits the parent's worker; its frames must never be answered into the
+    parent's futures (forgeries would pass). The child starts its own worker."""
+    checker = ProcessSignatureChecker(min_batch=8)
+    parent_items = _items(80, bad=[5])
+    assert checker.verify_many(parent_items).count(False) == 1  # the parent's worker is up
+    (parent_worker,) = verifier_pids()
+    pid = os.fork()
+    if pid == 0:  # the child: exit status says whether it got exactly its own verdicts
+        code = 1
+        try:
+            verdicts = checker.verify_many(_items(90, bad=[1, 2]))
+            mine = verifier_pids()
+            ok = [i for i, ok in enumerate(verdicts) if not ok] == [1, 2]
+            code = 0 if ok and mine and mine != [parent_worker] else 2
+        finally:
+            os._exit(code)
+    for _ in range(20):  # meanwhile the parent keeps using its own worker
+        assert [i for i, ok in enumerate(checker.verify_many(parent_items)) if not ok] == [5]
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert verifier_pids() == [parent_worker]
+
+
+def test_the_worker_ignores_pythonpath_and_the_parents_secrets(tmp_path: Path) -> None:
+    """The node runs isolated (``python -I``), so a planted ``nacl`` on PYTHONPATH is not
+    what it imports; the worker must not import it either (it would die, or worse,
+    judge), and no token of the node's environment is passed down."""
+    fake = tmp_path / "evil" / "nacl"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('planted nacl must not load')\n")
+    code = (
+        "import os, sys\n"
+        "sys.path.insert(0, os.getcwd())\n"
+        "from tests.ledger.test_sigpool import _items\n"
+        "from opsledger.ledger.sigpool import ProcessSignatureChecker, verifier_pids\n"
+        "v = ProcessSignatureChecker(min_batch=8).verify_many(_items(40, bad=[3]))\n"
+        "assert [i for i, ok in enumerate(v) if not ok] == [3], v\n"
+        "(pid,) = verifier_pids()\n"
+        "env = open(f'/proc/{pid}/environ', 'rb').read()\n"
+        "assert b'OPSLEDGER_TOKEN' not in env, env\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "OPSLEDGER_TOKEN": "s3cret", "PYTHONPATH": str(tmp_path / "evil")}
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+    assert "verifying in-process" not in done.stderr
+
+
+def test_a_worker_that_cannot_start_is_not_restarted_for_every_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No usable worker (here: its script is missing): every batch is still verified,
+    in-process, and after three failed starts no new process is tried for a while."""
+    from opsledger.ledger import sigpool
+
+    starts: list[int] = []
+    original = sigpool._Worker.__init__
+
+    def counted(self: Any) -> None:
+        starts.append(1)
+        original(self)
+
+    monkeypatch.setattr(sigpool, "_WORKER", tmp_path / "missing.py")
+    monkeypatch.setattr(sigpool, "_shared", sigpool._SharedWorker())
+    monkeypatch.setattr(sigpool._Worker, "__init__", counted)
+    checker = ProcessSignatureChecker(min_batch=8)
+    items = _items(32, bad=[9])
+    for _ in range(12):
+        verdicts = checker.verify_many(items)
+        assert [i for i, ok in enumerate(verdicts) if not ok] == [9]
+    assert 1 <= len(starts) <= 4
 
 
 def test_submit_many_through_the_worker_refuses_only_the_forgery(

@@ -38,6 +38,7 @@ __all__ = [
     "b64encode",
     "canonical",
     "canonical_reference",
+    "fast_path_safe",
     "parse_json",
     "parse_json_plain",
     "sha256",
@@ -55,7 +56,7 @@ def canonical_reference(obj: Any) -> bytes:
         raise InvalidInput(f"value cannot be canonicalised: {exc}") from exc
 
 
-def _fast_path_safe(obj: Any) -> bool:
+def fast_path_safe(obj: Any) -> bool:
     """True when ``obj`` holds no float and no integer outside the safe range."""
     # Exact type checks (a subclass of dict or int takes the reference path, which is
     # still right): this walk runs for every transaction body admitted.
@@ -82,7 +83,7 @@ def canonical(obj: Any, *, checked: bool = False) -> bytes:
     """RFC 8785 canonical bytes of a JSON value (see the module docstring). ``checked``
     says the caller already knows the value holds no float and no unsafe integer (it
     came from ``parse_json_plain``), which skips the walk that proves it."""
-    if checked or _fast_path_safe(obj):
+    if checked or fast_path_safe(obj):
         try:
             data = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
         except (TypeError, ValueError):  # orjson.JSONEncodeError is a TypeError

@@ -25,6 +25,7 @@ from opsledger.core.encoding import (
     b64decode,
     b64encode,
     canonical,
+    fast_path_safe,
     parse_json_plain,
     sha256_hex,
 )
@@ -204,12 +205,16 @@ def _parse_canonical(data: bytes) -> SignedTransaction | None:
     equal bytes mean the strict parser would have read the same object. Anything else
     (another key order, spacing, a decode or schema error) returns ``None`` and takes the
     strict path, so errors and accepted inputs are the same as without this function.
+    Values with floats or integers outside ±(2**53 - 1) always take the strict path.
     """
     try:
         obj = orjson.loads(data)
-        if not isinstance(obj, dict):
+        # orjson reads an integer beyond 64 bits as a float, which can re-encode to the
+        # same digits; the strict parser reads an int and refuses it. So only plain values
+        # (no float, every integer safe) stay here; everything else takes the strict path.
+        if not isinstance(obj, dict) or not fast_path_safe(obj):
             return None
-        stx = SignedTransaction.from_dict(obj)
+        stx = SignedTransaction.from_dict(obj, _checked=True)
     except (ValueError, TypeError, RecursionError, InvalidInput):  # JSONDecodeError: ValueError
         return None
     return stx if stx.leaf == data else None

@@ -10,13 +10,23 @@ gets the signatures as bytes (about 650 per transaction) and answers one byte ea
 The worker is ``sigworker.py`` run by path in a plain subprocess, not a
 ``multiprocessing`` child: spawn re-imports the parent's ``__main__``, which fails for
 ``python -c`` or stdin and re-runs the module-level code of a user's script that has no
-``if __name__ == "__main__"`` guard.
+``if __name__ == "__main__"`` guard. It runs isolated (``-I``) with a minimal
+environment: no ``PYTHONPATH`` can swap the ``nacl`` whose verdicts the node trusts, and
+no token of the parent's environment is readable in its ``/proc/<pid>/environ``.
+
+The pipes are raw file descriptors, not Python file objects, so a ``fork`` (a
+``multiprocessing`` child, a pre-forking server) can never inherit a buffer lock held by
+another thread: the child drops the inherited worker (``os.register_at_fork``) and starts
+its own on first use. Every request carries a sequence number that the reply echoes with
+its count; a reply out of step stops the worker, and what was waiting is verified here.
 
 One worker is shared by every node in the process and started on first use (a fraction
 of a second, once): opening a node for one ``opsledger record`` never starts it, because
 batches smaller than ``min_batch`` are verified on the caller's thread. If the worker
-dies, the batches in flight are verified locally and the next batch starts a new worker:
-a verdict is never lost or guessed.
+dies, the batches in flight are verified locally and the next batch starts a new worker;
+after three workers in a row die without answering (no PyNaCl for the worker, an odd
+``sys.executable``), verification stays in-process for a minute before trying again. A
+verdict is never lost or guessed.
 """
 
 from __future__ import annotations
@@ -24,49 +34,83 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import IO
 
 from opsledger.core import SignatureChecker
 from opsledger.core.crypto import VerifyItem
-from opsledger.ledger.sigworker import COUNT, ITEM
+from opsledger.ledger.sigworker import HEAD, ITEM
 
 __all__ = ["ProcessSignatureChecker", "WorkerGone", "verifier_pids"]
 
 _log = logging.getLogger(__name__)
 _WORKER = Path(__file__).with_name("sigworker.py")
+_ENV_KEPT = ("PATH", "LD_LIBRARY_PATH", "SYSTEMROOT", "LANG", "LC_ALL")
+_FAILED_STARTS_BEFORE_PAUSE = 3
+_PAUSE_SECONDS = 60.0
 
 
 class WorkerGone(RuntimeError):
-    """The verifier process exited; its batches are verified in this process instead."""
+    """The verifier process is not there; its batches are verified in this process."""
 
 
-def _frame(items: Sequence[VerifyItem]) -> bytes:
-    parts = [COUNT.pack(len(items))]
+def _body(items: Sequence[VerifyItem]) -> bytes:
+    parts: list[bytes] = []
     for key, domain, message, sig in items:
         data = domain + message
-        parts.append(ITEM.pack(len(key.raw), len(sig), len(data)))
-        parts += (key.raw, sig, data)
+        parts += (ITEM.pack(len(key.raw), len(sig), len(data)), key.raw, sig, data)
     return b"".join(parts)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_exact(fd: int, size: int) -> bytes | None:
+    chunks: list[bytes] = []
+    while size:
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
 
 
 class _Worker:
     """One ``sigworker.py`` process; replies come back in request order."""
 
     def __init__(self) -> None:
-        self.process = subprocess.Popen(  # our own script by path, no shell
-            [sys.executable, str(_WORKER)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            close_fds=True,
-        )
-        self._waiting: deque[Future[list[bool]]] = deque()
+        self.owner = os.getpid()
+        request_read, self._requests = os.pipe()
+        self._replies, reply_write = os.pipe()
+        try:
+            self.process = subprocess.Popen(  # our own script by path, no shell
+                [sys.executable, "-I", str(_WORKER)],
+                stdin=request_read,
+                stdout=reply_write,
+                close_fds=True,
+                env={k: os.environ[k] for k in _ENV_KEPT if k in os.environ},
+            )
+        except BaseException:
+            os.close(self._requests)
+            os.close(self._replies)
+            raise
+        finally:
+            os.close(request_read)
+            os.close(reply_write)
+        self._waiting: deque[tuple[int, int, Future[list[bool]]]] = deque()
+        self._seq = 0
+        self.answered = 0
         # Two locks: ``_write`` keeps frames whole and in the order of ``_waiting`` and is
         # held across a pipe write that blocks until the worker reads; ``_state`` guards
         # ``_waiting`` and ``alive`` for moments only, so the reader can always take its
@@ -74,65 +118,78 @@ class _Worker:
         # let a blocked writer stop the reader, and a full output pipe stop the worker).
         self._write = threading.Lock()
         self._state = threading.Lock()
+        self._requests_open = True
         self.alive = True
         threading.Thread(target=self._read_replies, name="sigworker-reader", daemon=True).start()
 
     def submit(self, items: Sequence[VerifyItem]) -> Future[list[bool]]:
-        frame = _frame(items)
+        body = _body(items)
         future: Future[list[bool]] = Future()
-        stdin = self.process.stdin
-        assert stdin is not None
         with self._write:
             with self._state:
-                if not self.alive:
+                if not self.alive or not self._requests_open:
                     raise WorkerGone("the verifier process has exited")
-                self._waiting.append(future)
+                self._seq = (self._seq + 1) & 0xFFFFFFFF
+                seq = self._seq
+                self._waiting.append((seq, len(items), future))
             try:
-                stdin.write(frame)
-                stdin.flush()
-            except (OSError, ValueError):  # gone: the reader fails what waits, this included
+                _write_all(self._requests, HEAD.pack(seq, len(items)) + body)
+            except OSError:  # gone: the reader fails what waits, this future included
                 with self._state:
                     self.alive = False
         return future
 
     def _read_replies(self) -> None:
-        stdout = self.process.stdout
-        assert stdout is not None
         try:
-            while (head := _read_exact(stdout, COUNT.size)) is not None:
-                (count,) = COUNT.unpack(head)
-                body = _read_exact(stdout, count)
+            while (head := _read_exact(self._replies, HEAD.size)) is not None:
+                seq, count = HEAD.unpack(head)
+                body = _read_exact(self._replies, count)
                 if body is None:
                     break
                 with self._state:
-                    future = self._waiting.popleft()
-                future.set_result([byte == 1 for byte in body])
+                    expected = self._waiting.popleft() if self._waiting else None
+                if expected is None or expected[:2] != (seq, count):
+                    _log.error("signature verifier reply out of step; stopping the worker")
+                    if expected is not None:
+                        with self._state:
+                            self._waiting.appendleft(expected)  # failed below with the rest
+                    self.process.kill()
+                    break
+                self.answered += 1
+                expected[2].set_result([byte == 1 for byte in body])
+        except OSError:
+            pass
         finally:
             with self._state:
                 self.alive = False
-                orphans = list(self._waiting)
+                orphans = [future for _, _, future in self._waiting]
                 self._waiting.clear()
             for future in orphans:
                 future.set_exception(WorkerGone("the verifier process exited"))
+            os.close(self._replies)
             self.close()
 
-    def close(self) -> None:
-        """Close the pipes (the worker exits on EOF) and reap it; called by the reader
-        thread once the worker's output ends."""
-        for pipe in (self.process.stdin, self.process.stdout):
-            if pipe is not None and not pipe.closed:
-                with contextlib.suppress(OSError):
-                    pipe.close()
-        if self.process.poll() is None:
+    def close(self, timeout: float = 5.0) -> None:
+        """End the worker (EOF on its input) and reap it; kill it if it does not go."""
+        if self._write.acquire(timeout=timeout):
             try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+                if self._requests_open:
+                    self._requests_open = False
+                    os.close(self._requests)
+            finally:
+                self._write.release()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
-
-def _read_exact(stream: IO[bytes], size: int) -> bytes | None:
-    data = stream.read(size)
-    return data if len(data) == size else None
+    def abandon_after_fork(self) -> None:
+        """In a forked child: this worker is the parent's. Close the inherited pipe ends
+        (raw descriptors, owned by nothing else here) and leave the process alone."""
+        for fd in (self._requests, self._replies):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class _SharedWorker:
@@ -141,20 +198,53 @@ class _SharedWorker:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._worker: _Worker | None = None
+        self._failed_starts = 0
+        self._paused_until = 0.0
 
     def get(self) -> _Worker:
         with self._lock:
-            if self._worker is None or not self._worker.alive:
+            worker = self._worker
+            if worker is not None and worker.alive and worker.owner == os.getpid():
+                return worker
+            if worker is not None and worker.answered == 0 and worker.owner == os.getpid():
+                self._failed_starts += 1  # it died without ever answering
+            elif worker is not None:
+                self._failed_starts = 0
+            if self._failed_starts >= _FAILED_STARTS_BEFORE_PAUSE:
+                self._failed_starts = 0
+                self._paused_until = time.monotonic() + _PAUSE_SECONDS
+                _log.warning("signature verifier process does not start; verifying in-process")
+            if time.monotonic() < self._paused_until:
+                raise WorkerGone("the verifier process is paused after failed starts")
+            try:
                 self._worker = _Worker()
-                atexit.register(self._worker.close)  # EOF ends the worker; reap it
+            except (OSError, ValueError, TypeError) as exc:
+                self._paused_until = time.monotonic() + _PAUSE_SECONDS
+                raise WorkerGone(f"cannot start the verifier process: {exc}") from exc
             return self._worker
 
     def current(self) -> _Worker | None:
         with self._lock:
             return self._worker
 
+    def shutdown(self) -> None:
+        """At exit: end this process's worker (a fork's inherited one is not ours)."""
+        worker = self._worker
+        if worker is not None and worker.owner == os.getpid():
+            worker.close()
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: locks may have been held by threads that do not exist
+        here, and the worker belongs to the parent. Start clean."""
+        worker = self._worker
+        self.__init__()  # type: ignore[misc]  # fresh locks and state, on purpose
+        if worker is not None:
+            worker.abandon_after_fork()
+
 
 _shared = _SharedWorker()
+atexit.register(_shared.shutdown)
+os.register_at_fork(after_in_child=_shared.forget_after_fork)
 
 
 def verifier_pids() -> list[int]:
@@ -178,7 +268,7 @@ class ProcessSignatureChecker(SignatureChecker):
             return super().start(items)
         try:
             remote = _shared.get().submit(items)
-        except (OSError, WorkerGone):  # could not start, or gone this instant
+        except WorkerGone:  # not running, could not start, or gone this instant
             return super().start(items)
         result: Future[list[bool]] = Future()
 

@@ -1,20 +1,24 @@
 """The signature verifier process: run as a script, it verifies batches read from stdin.
 
-``ledger.sigpool`` starts it as ``python .../sigworker.py`` (by path, so it imports neither
-the parent's main module, as ``multiprocessing``'s spawn would, nor the ``opsledger``
-package: only the standard library and PyNaCl). It exits when its stdin closes, which is
-also what happens when the parent dies.
+``ledger.sigpool`` starts it as ``python -I .../sigworker.py`` (by path, so it imports
+neither the parent's main module, as ``multiprocessing``'s spawn would, nor the
+``opsledger`` package: only the standard library and PyNaCl; isolated, so no
+``PYTHONPATH`` or user site can swap the ``nacl`` it trusts). It exits when its stdin
+closes, which is also what happens when its parent dies, and ignores Ctrl-C, which is
+its parent's to handle.
 
 Frames, little-endian, written by hand because they are this small and fixed (pickle
 would let the parent hand the worker code to run, which it never needs to):
 
-* request: ``u32 count``, then per item ``u16 key_len, u16 sig_len, u32 data_len`` and
-  the key, signature and signed bytes (``domain || message``);
-* response: ``u32 count`` and one byte per item, 1 if the signature verifies.
+* request: ``u32 seq, u32 count``, then per item ``u16 key_len, u16 sig_len, u32
+  data_len`` and the key, signature and signed bytes (``domain || message``);
+* response: ``u32 seq, u32 count`` (echoed, so the parent can prove each reply belongs
+  to the request it waits on) and one byte per item, 1 if the signature verifies.
 """
 
 from __future__ import annotations
 
+import signal
 import struct
 import sys
 from typing import BinaryIO
@@ -22,7 +26,7 @@ from typing import BinaryIO
 import nacl.exceptions
 import nacl.signing
 
-COUNT = struct.Struct("<I")
+HEAD = struct.Struct("<II")
 ITEM = struct.Struct("<HHI")
 
 
@@ -33,8 +37,8 @@ def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
 
 def serve(requests: BinaryIO, responses: BinaryIO) -> None:
     keys: dict[bytes, nacl.signing.VerifyKey | None] = {}
-    while (head := _read_exact(requests, COUNT.size)) is not None:
-        (count,) = COUNT.unpack(head)
+    while (head := _read_exact(requests, HEAD.size)) is not None:
+        seq, count = HEAD.unpack(head)
         verdicts = bytearray(count)
         for i in range(count):
             item = _read_exact(requests, ITEM.size)
@@ -44,11 +48,8 @@ def serve(requests: BinaryIO, responses: BinaryIO) -> None:
             body = _read_exact(requests, key_len + sig_len + data_len)
             if body is None:
                 return
-            raw, sig, data = (
-                body[:key_len],
-                body[key_len : key_len + sig_len],
-                body[key_len + sig_len :],
-            )
+            raw, sig = body[:key_len], body[key_len : key_len + sig_len]
+            data = body[key_len + sig_len :]
             if raw not in keys:
                 try:
                     keys[raw] = nacl.signing.VerifyKey(raw)
@@ -62,9 +63,10 @@ def serve(requests: BinaryIO, responses: BinaryIO) -> None:
             except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError):
                 continue
             verdicts[i] = 1
-        responses.write(COUNT.pack(count) + bytes(verdicts))
+        responses.write(HEAD.pack(seq, count) + bytes(verdicts))
         responses.flush()
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     serve(sys.stdin.buffer, sys.stdout.buffer)
