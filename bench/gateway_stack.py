@@ -43,8 +43,8 @@ VARIANTS = {
     "granian-asgi-aiohttp": "granian (Rust HTTP, ASGI interface, 1 worker), aiohttp client",
     "uvicorn-asgi-aiohttp-2workers": "as the first with 2 worker processes (SO_REUSEPORT)",
     "uvicorn-asgi-lean": "as the first, the gateway's own client (opsledger.gateway.httpclient)",
-    "uvicorn-corked-asgi-lean": "as uvicorn-asgi-lean, one socket write per response "
-    "(opsledger.gateway.httpserver)",
+    "gateway-protocol-lean": "as uvicorn-asgi-lean, POST /rpc/* answered by the gateway's "
+    "own connection protocol (opsledger.gateway.httpserver) instead of uvicorn's",
 }
 
 
@@ -62,6 +62,43 @@ def _parse(body: bytes, stdlib: bool) -> Any:
 def asgi_app(
     upstream: str, *, static: bool, client: str, stdlib_json: bool = False
 ) -> Callable[..., Awaitable[None]]:
+    forward = make_forward(upstream, static=static, client=client)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        request = _parse(body, stdlib_json)
+        if not isinstance(request, dict) or "method" not in request:
+            raise ValueError("not a JSON-RPC request")
+        reply = await forward(body)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": reply})
+
+    return app
+
+
+def make_forward(
+    upstream: str, *, static: bool, client: str
+) -> Callable[[bytes], Awaitable[bytes]]:
+    """POST the body to ``upstream`` with ``client`` (or answer ``STATIC``)."""
     state: dict[str, Any] = {}
 
     async def forward(body: bytes) -> bytes:
@@ -93,35 +130,28 @@ def asgi_app(
         ) as response:
             return bytes(await response.read())
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        more = True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-        request = _parse(body, stdlib_json)
+    return forward
+
+
+def rpc_protocol(upstream: str, *, static: bool) -> Any:
+    """The gateway's own connection protocol (``opsledger.gateway.httpserver``) with a
+    bare forwarder behind ``POST /rpc/...`` (static answers need no task at all)."""
+    from opsledger.gateway.httpserver import RpcEndpoint, protocol_for
+
+    forward = make_forward(upstream, static=False, client="lean")
+
+    async def later(body: bytes) -> bytes:
+        request = _parse(body, False)
         if not isinstance(request, dict) or "method" not in request:
             raise ValueError("not a JSON-RPC request")
-        reply = await forward(body)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": reply})
+        return await forward(body)
 
-    return app
+    def respond(chain: str, key: str | None, ip: str, body: bytes | None) -> Any:
+        if static:
+            return 200, STATIC, []
+        return later(body or b"")
+
+    return protocol_for(RpcEndpoint(respond, 1 << 20))
 
 
 def starlette_app(upstream: str, *, static: bool) -> Any:
@@ -200,10 +230,8 @@ def serve(variant: str, port: int, upstream: str, static: bool) -> None:
         app: Any = starlette_app(upstream, static=static)
     else:
         client = "httpx" if "httpx" in variant else "lean" if "lean" in variant else "aiohttp"
-        if variant.startswith("uvicorn-corked"):
-            from opsledger.gateway.httpserver import CorkedHttpToolsProtocol
-
-            options["http"] = CorkedHttpToolsProtocol
+        if variant == "gateway-protocol-lean":
+            options["http"] = rpc_protocol(upstream, static=static)
         app = asgi_app(
             upstream, static=static, client=client, stdlib_json=variant.endswith("-json")
         )
@@ -251,8 +279,11 @@ def server(variant: str, upstream: Anvil, static: bool) -> Any:
     try:
         nodes._wait_port(port, 20, process)
         time.sleep(0.3)
-        SERVER_PIDS[f"http://127.0.0.1:{port}/"] = process.pid
-        yield f"http://127.0.0.1:{port}/"
+        url = f"http://127.0.0.1:{port}/"
+        if variant == "gateway-protocol-lean":
+            url += "rpc/bench"  # the only path that protocol answers without ASGI
+        SERVER_PIDS[url] = process.pid
+        yield url
     except RuntimeError as exc:
         error = process.stderr.read().decode(errors="replace")[-400:] if process.stderr else ""
         raise RuntimeError(f"{variant}: {exc}: {error}") from exc

@@ -138,7 +138,7 @@ def test_a_reorg_never_serves_stale_cached_blocks(two: list[Anvil]) -> None:
         wait_until(lambda: view.head == 6, what="head 6")
         before = gw.rpc("eth_getBlockByNumber", ["0x3", False])["hash"]
         assert gw.rpc("eth_getBlockByNumber", ["0x3", False])["hash"] == before  # cached
-        assert gw.gateway.metrics.cache.labels("local", "hit")._value.get() >= 1
+        assert gw.gateway.metrics.cache.labels("local", "hit").value >= 1
         node.rpc("evm_revert", [snapshot])
         node.rpc("anvil_setNextBlockTimestamp", [1800000000])
         node.mine(6)  # head 8: a longer branch, every block above 2 replaced

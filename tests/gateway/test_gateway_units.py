@@ -479,3 +479,200 @@ def test_unknown_methods_outside_the_read_namespaces_are_never_retried() -> None
 
     assert classify("parity_nodeKind", denied=DEFAULT_DENIED).kind is Kind.STATEFUL
     assert classify("eth_chainId", denied=DEFAULT_DENIED).kind is Kind.READ
+
+
+def test_a_final_read_in_flight_across_a_reorg_is_answered_but_not_cached() -> None:
+    block = b'{"jsonrpc":"2.0","id":1,"result":{"number":"0x2","hash":"0x01"}}'
+    gateway, calls = _scripted({"a": [block, block, block]})
+    proxy = gateway.proxies["local"]
+    proxy.view.genesis = GENESIS
+    proxy.view.head = proxy.upstreams[0].head = 100  # block 2 is final: cached for good
+    scripted = proxy.upstreams[0].post
+
+    def query(number: str) -> bytes:
+        call = {"jsonrpc": "2.0", "id": 1, "method": "eth_getBlockByNumber", "params": [number]}
+        return json.dumps(call).encode()
+
+    async def scenario() -> None:
+        # Control: a final block read twice goes upstream once.
+        await gateway.handle_rpc("local", query("0x1"))
+        await gateway.handle_rpc("local", query("0x1"))
+        assert calls == ["a"]
+
+        async def reorg_meanwhile(body: bytes, timeout: float) -> bytes:
+            proxy.view.rewind(1, 100, None)  # a deep reorg, detected while in flight
+            return await scripted(body, timeout)
+
+        proxy.upstreams[0].post = reorg_meanwhile  # type: ignore[method-assign]
+        reply = json.loads(await gateway.handle_rpc("local", query("0x2")))
+        assert reply["result"]["number"] == "0x2"  # answered...
+        proxy.upstreams[0].post = scripted  # type: ignore[method-assign]
+        await gateway.handle_rpc("local", query("0x2"))
+        assert calls == ["a", "a", "a"]  # ...but not cached: asked again
+
+    asyncio.run(scenario())
+
+
+def _batching(
+    answer: Any, *, upstream_batch: int = 32, names: tuple[str, ...] = ("a",)
+) -> tuple[Gateway, list[Any]]:
+    """An offline gateway whose upstreams answer JSON-RPC (single or batch) by ``answer``."""
+    config = parse_config(
+        {
+            "chains": [
+                {
+                    "name": "local",
+                    "chain_id": 1,
+                    "upstreams": [
+                        {"name": n, "url": f"http://h:{i + 1}"} for i, n in enumerate(names)
+                    ],
+                }
+            ],
+            "limits": {"hedge": False, "upstream_batch": upstream_batch},
+        }
+    )
+    gateway = Gateway(config)
+    bodies: list[Any] = []
+    for upstream in gateway.proxies["local"].upstreams:
+        upstream.probed = upstream.genesis_checked = True
+        upstream.head = 10
+
+        async def post(body: bytes, timeout: float, name: str = upstream.name) -> bytes:
+            request = json.loads(body)
+            bodies.append((name, request))
+            return json.dumps(answer(name, request)).encode()
+
+        upstream.post = post  # type: ignore[method-assign]
+    gateway.proxies["local"].view.head = 10
+    return gateway, bodies
+
+
+def _balance(i: int) -> bytes:
+    call = {"jsonrpc": "2.0", "id": f"c{i}", "method": "eth_getBalance", "params": [f"0x{i:x}"]}
+    return json.dumps(call).encode()
+
+
+async def _concurrently(gateway: Gateway, count: int) -> list[Any]:
+    replies = await asyncio.gather(
+        *(gateway.handle_rpc("local", _balance(i)) for i in range(count))
+    )
+    return [json.loads(r) for r in replies]
+
+
+def _echo(name: str, request: Any) -> Any:
+    def one(item: dict[str, Any]) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": item["id"], "result": item["params"][0]}
+
+    return [one(i) for i in reversed(request)] if isinstance(request, list) else one(request)
+
+
+def test_reads_due_together_go_upstream_as_one_batch_and_keep_their_answers() -> None:
+    gateway, bodies = _batching(_echo)
+    replies = asyncio.run(_concurrently(gateway, 5))
+    assert [r["id"] for r in replies] == [f"c{i}" for i in range(5)]
+    assert [r["result"] for r in replies] == [f"0x{i:x}" for i in range(5)]
+    assert len(bodies) == 1 and isinstance(bodies[0][1], list) and len(bodies[0][1]) == 5
+    # A lone read goes alone, as before.
+    gateway, bodies = _batching(_echo)
+    assert asyncio.run(_concurrently(gateway, 1))[0]["result"] == "0x0"
+    assert isinstance(bodies[0][1], dict)
+    # upstream_batch: 1 turns batching off; a bound splits larger groups.
+    gateway, bodies = _batching(_echo, upstream_batch=1)
+    asyncio.run(_concurrently(gateway, 3))
+    assert [isinstance(b, dict) for _, b in bodies] == [True, True, True]
+    gateway, bodies = _batching(_echo, upstream_batch=2)
+    asyncio.run(_concurrently(gateway, 5))
+    assert sorted(len(b) if isinstance(b, list) else 1 for _, b in bodies) == [1, 2, 2]
+
+
+def test_an_upstream_without_batches_gets_reads_one_by_one() -> None:
+    def no_batches(name: str, request: Any) -> Any:
+        if isinstance(request, list):
+            return {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "no"}}
+        return _echo(name, request)
+
+    gateway, bodies = _batching(no_batches)
+    replies = asyncio.run(_concurrently(gateway, 4))
+    assert [r["result"] for r in replies] == [f"0x{i:x}" for i in range(4)]
+    assert [isinstance(b, list) for _, b in bodies] == [True, False, False, False, False]
+    asyncio.run(_concurrently(gateway, 3))  # from now on: singles only
+    assert all(isinstance(b, dict) for _, b in bodies[5:])
+
+
+def test_a_read_missing_from_a_batch_answer_is_asked_elsewhere() -> None:
+    def drops_one(name: str, request: Any) -> Any:
+        if isinstance(request, list):  # "a" forgets the read of 0x1
+            return [r for r in _echo(name, request) if r["result"] != "0x1"]
+        return _echo(name, request)
+
+    gateway, bodies = _batching(drops_one, names=("a", "b"))
+    for upstream in gateway.proxies["local"].upstreams:
+        upstream.ewma_ms = 1.0 if upstream.name == "a" else 100.0  # "a" is chosen first
+    replies = asyncio.run(_concurrently(gateway, 3))
+    assert [r["result"] for r in replies] == ["0x0", "0x1", "0x2"]
+    assert bodies[-1] == ("b", json.loads(_balance(1)) | {"id": 1, "params": ["0x1", "0xa"]})
+
+
+def _hedging(
+    delays: dict[str, float], fails: tuple[str, ...] = (), hedge_ms: float = 5
+) -> tuple[Gateway, Any]:
+    """Two upstreams ("a" chosen first) answering after ``delays`` seconds with their own
+    value; those in ``fails`` fail instead. Hedges fire after ``hedge_ms``."""
+    from opsledger.gateway.upstream import UpstreamFailure
+
+    config = parse_config(
+        {
+            "chains": [
+                {
+                    "name": "local",
+                    "chain_id": 1,
+                    "upstreams": [
+                        {"name": "a", "url": "http://h:1"},
+                        {"name": "b", "url": "http://h:2"},
+                    ],
+                }
+            ],
+            "limits": {"hedge_min_ms": hedge_ms},
+        }
+    )
+    gateway = Gateway(config)
+    proxy = gateway.proxies["local"]
+    for upstream in proxy.upstreams:
+        upstream.probed = upstream.genesis_checked = True
+        upstream.head = 10
+        upstream.ewma_ms = 1.0 if upstream.name == "a" else 2.0
+
+        async def post(body: bytes, timeout: float, name: str = upstream.name) -> bytes:
+            await asyncio.sleep(delays[name])
+            if name in fails:
+                raise UpstreamFailure(f"{name} broke")
+            request = json.loads(body)
+            return json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": name}).encode()
+
+        upstream.post = post  # type: ignore[method-assign]
+    proxy.view.head = 10
+
+    async def ask() -> Any:
+        reply = json.loads(await gateway.handle_rpc("local", _balance(1)))
+        await asyncio.sleep(max(delays.values()))  # let the loser finish (no stray errors)
+        return reply
+
+    return gateway, ask
+
+
+def _hedges(gateway: Gateway, winner: str) -> float:
+    return gateway.metrics.hedges.labels("local", "eth_getBalance", winner).value
+
+
+def test_a_slow_read_is_hedged_and_the_first_good_answer_wins() -> None:
+    gateway, ask = _hedging({"a": 0.5, "b": 0.0})
+    assert asyncio.run(ask())["result"] == "b"  # the hedge answered first
+    assert _hedges(gateway, "hedge") == 1
+    gateway, ask = _hedging({"a": 0.05, "b": 0.5})
+    assert asyncio.run(ask())["result"] == "a"  # hedged, but the primary came back first
+    assert _hedges(gateway, "primary") == 1
+    gateway, ask = _hedging({"a": 0.05, "b": 0.1}, fails=("a",))
+    assert asyncio.run(ask())["result"] == "b"  # the primary failed, the hedge answered
+    gateway, ask = _hedging({"a": 0.0, "b": 0.0}, hedge_ms=5000)
+    assert asyncio.run(ask())["result"] == "a"  # answered before the delay: no hedge
+    assert _hedges(gateway, "hedge") == _hedges(gateway, "primary") == 0

@@ -57,3 +57,39 @@ def test_websocket_subscription_and_calls_through_the_gateway() -> None:
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_websocket_calls_are_rate_limited_like_http() -> None:
+    nodes = start_anvils(1)
+    try:
+        config = config_for(nodes, rate_limits={"per_ip": {"rps": 0.5, "burst": 2}})
+        with serving(config) as gw:
+            wait_until(lambda: gw.gateway.monitors["local"].view.head == 0, what="head 0")
+            ws_url = gw.url().replace("http://", "ws://")
+
+            async def scenario() -> list[dict[str, object]]:
+                async with connect(ws_url, open_timeout=10) as ws:
+                    replies = []
+                    for i in range(3):
+                        call = {"jsonrpc": "2.0", "id": i, "method": "eth_chainId"}
+                        await ws.send(json.dumps(call))
+                        replies.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+                    subscribe = {
+                        "jsonrpc": "2.0",
+                        "id": 9,
+                        "method": "eth_subscribe",
+                        "params": ["newHeads"],
+                    }
+                    await ws.send(json.dumps(subscribe))  # subscriptions are calls too
+                    replies.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+                    return replies
+
+            replies = asyncio.run(asyncio.wait_for(scenario(), 30))
+            assert [r.get("result") for r in replies[:2]] == ["0x7a69", "0x7a69"]
+            for refused, request_id in zip(replies[2:], (2, 9), strict=True):
+                assert refused["id"] == request_id
+                assert refused["error"]["code"] == -32005, refused  # type: ignore[index]
+                assert "rate limit" in refused["error"]["message"]  # type: ignore[index]
+    finally:
+        for node in nodes:
+            node.stop()

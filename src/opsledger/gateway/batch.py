@@ -110,7 +110,10 @@ async def _send_group(
         proxy.count(method, "ok", elapsed)
         if planned.use_cache:
             final = storable(method, planned.decision, value, proxy.view.finalized)
-            if final.cacheable and (
-                not final.scoped or planned.generation == proxy.view.generation
+            # Not after a reorg that happened while the batch was out (even a deep one).
+            if (
+                final.cacheable
+                and planned.reorgs == proxy.view.reorgs
+                and (not final.scoped or planned.generation == proxy.view.generation)
             ):
                 await proxy.cache.set(planned.key, raw, final.block)

@@ -131,6 +131,9 @@ class NoCache:
     async def get(self, key: str) -> bytes | None:
         return None
 
+    def get_now(self, key: str) -> bytes | None:
+        return None  # nothing to await: single reads take the task-free path
+
     async def set(self, key: str, value: bytes, block: int | None) -> None:
         return None
 
@@ -154,6 +157,10 @@ class MemoryCache:
         return len(self._entries)
 
     async def get(self, key: str) -> bytes | None:
+        return self.get_now(key)
+
+    def get_now(self, key: str) -> bytes | None:
+        """``get`` without awaiting: lets the proxy answer a hit without a task."""
         entry = self._entries.get(key)
         if entry is None:
             return None

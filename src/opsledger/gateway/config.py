@@ -106,6 +106,9 @@ class LimitsConfig:
     # Hedge a read still unanswered after the upstream's p95, but never sooner than this.
     hedge_min_ms: float = 5.0
     hedge: bool = True
+    # Reads due for one upstream in the same event-loop iteration go as one JSON-RPC
+    # batch of at most this many (1: one request per read).
+    upstream_batch: int = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +391,7 @@ def parse_config(data: Any, source: str = "") -> GatewayConfig:
         max_retries=lim.integer("max_retries", 2),
         hedge_min_ms=lim.number("hedge_min_ms", 5.0),
         hedge=bool(lim.get("hedge", bool, True)),
+        upstream_batch=lim.integer("upstream_batch", 32, minimum=1),
     )
     lim.finish()
     c = r.child("cache")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,10 +47,12 @@ from opsledger.gateway.methods import (
     HASH_PINNED,
     TX_PINNED,
     Kind,
+    MethodInfo,
     classify,
     metric_label,
 )
 from opsledger.gateway.metrics import Metrics
+from opsledger.gateway.microbatch import MissBatcher
 from opsledger.gateway.router import Router
 from opsledger.gateway.upstream import Upstream, UpstreamFailure
 from opsledger.gateway.writes import sticky, write
@@ -70,6 +72,7 @@ class Planned:
     key: str
     generation: str
     use_cache: bool
+    reorgs: int  # the view's reorg count when planned: a reorg since means "do not cache"
 
 
 class ChainProxy:
@@ -105,6 +108,11 @@ class ChainProxy:
         # upstream in rotation): the view is then as fresh as any node's answer.
         self.heads_pushed: Callable[[], bool] = lambda: False
         self._background: set[asyncio.Future[bytes]] = set()
+        self._methods: dict[str, MethodInfo] = {}
+        self._counted: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._batchers: dict[str, MissBatcher] = {}
+        # The in-process cache answers without awaiting: such hits need no task at all.
+        self._peek: Callable[[str], bytes | None] | None = getattr(cache, "get_now", None)
 
     # ----------------------------------------------------------------- entry points
 
@@ -129,17 +137,94 @@ class ChainProxy:
             return b"[" + b",".join(answered) + b"]" if answered else None
         return await self.handle_item(payload)
 
-    async def handle_item(self, item: Any) -> bytes | None:
+    def respond(self, payload: Any) -> bytes | Coroutine[Any, Any, bytes | None] | None:
+        """``handle_payload``, answered without a coroutine when nothing needs awaiting:
+        a single read answered from the in-process cache or from the pushed head view
+        (the HTTP server then writes the answer without creating a task). A single
+        plain read that must go upstream returns a coroutine that starts from what was
+        already worked out (validation, tags, cache key)."""
+        if self._peek is not None and type(payload) is dict:
+            answered = self._answer_now(payload)
+            if answered is not _PENDING:
+                return answered  # type: ignore[no-any-return]
+        return self.handle_payload(payload)
+
+    def _answer_now(self, item: dict[str, Any]) -> Any:
+        """A single request's answer, a coroutine for a plain read that must go
+        upstream, or ``_PENDING`` (anything else: the general path answers it)."""
         started = time.perf_counter()
-        request_id = item.get("id") if isinstance(item, dict) else None
-        if not isinstance(request_id, (str, int, float)) or isinstance(request_id, bool):
-            request_id = None  # an id we cannot echo is answered with null, per the spec
-        method = "invalid"
         try:
             request = validate(item)
             method = request.method
-            async with asyncio.timeout(self.limits.request_timeout_s):  # no extra task
-                result = await self.call(request.method, request.params)
+            info = self._info(method)
+            if info.kind is not Kind.READ or method in _SOCKET_ONLY:
+                return _PENDING
+            view = self.view
+            if method == "eth_blockNumber":
+                if view.head < 0 or not self.heads_pushed():
+                    return _PENDING
+                result = b'"0x%x"' % view.head
+            else:
+                params, min_head, archive = self._resolve(method, request.params)
+                genesis = self.chain.genesis_hash or view.genesis or ""
+                decision = cache_policy(method, params, view.finalized)
+                use_cache = decision.cacheable and genesis.startswith("0x")
+                generation = view.generation
+                key = cache_key(genesis, method, params, generation if decision.scoped else None)
+                cached = self._peek(key) if use_cache and self._peek is not None else None
+                if cached is None:
+                    if use_cache:
+                        self.metrics.child(self.metrics.cache, self.chain.name, "miss").inc()
+                    fetch = self._fetch(
+                        method=method,
+                        params=params,
+                        min_head=min_head,
+                        archive=archive,
+                        cost=info.cost,
+                        decision=decision,
+                        key=key,
+                        generation=generation,
+                        use_cache=use_cache,
+                    )
+                    # Every wait on this path is bounded by the read's own deadline
+                    # (``_read``): no second timeout around it.
+                    return self._complete(request, started, fetch, bounded=False)
+                self.metrics.child(self.metrics.cache, self.chain.name, "hit").inc()
+                result = cached
+        except RpcErrorReply:
+            return _PENDING
+        self.count(method, "ok", time.perf_counter() - started)
+        if request.notification:
+            return None
+        return orjson.dumps({"jsonrpc": "2.0", "id": request.id, "result": orjson.Fragment(result)})
+
+    async def handle_item(self, item: Any) -> bytes | None:
+        started = time.perf_counter()
+        try:
+            request = validate(item)
+        except RpcErrorReply as exc:
+            request_id = item.get("id") if isinstance(item, dict) else None
+            if not isinstance(request_id, (str, int, float)) or isinstance(request_id, bool):
+                request_id = None  # an id we cannot echo is answered with null, per the spec
+            self.count("invalid", "error", time.perf_counter() - started)
+            return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": exc.error})
+        return await self._complete(request, started, self.call(request.method, request.params))
+
+    async def _complete(
+        self,
+        request: Request,
+        started: float,
+        work: Coroutine[Any, Any, bytes],
+        *,
+        bounded: bool = True,
+    ) -> bytes | None:
+        """Await ``work`` (the raw result) and frame the answer; counts the request."""
+        try:
+            if bounded:
+                async with asyncio.timeout(self.limits.request_timeout_s):  # no extra task
+                    result = await work
+            else:
+                result = await work
             outcome = "ok"
             reply = orjson.dumps(
                 {"jsonrpc": "2.0", "id": request.id, "result": orjson.Fragment(result)}
@@ -147,24 +232,31 @@ class ChainProxy:
             notification = request.notification
         except RpcErrorReply as exc:
             outcome = "error"
-            reply = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": exc.error})
-            notification = isinstance(item, dict) and "id" not in item and method != "invalid"
+            reply = orjson.dumps({"jsonrpc": "2.0", "id": request.id, "error": exc.error})
+            notification = request.notification
         except TimeoutError:
             outcome = "timeout"
             limit = self.limits.request_timeout_s
-            reply = error_response(request_id, INTERNAL_ERROR, f"request timed out after {limit}s")
+            reply = error_response(request.id, INTERNAL_ERROR, f"request timed out after {limit}s")
             notification = False
-        label = metric_label(method)
-        self.metrics.child(self.metrics.requests, self.chain.name, label, outcome).inc()
-        self.metrics.child(self.metrics.latency, self.chain.name, label).observe(
-            time.perf_counter() - started
-        )
+        self.count(request.method, outcome, time.perf_counter() - started)
         return None if notification else reply
 
     def count(self, method: str, outcome: str, seconds: float) -> None:
-        label = metric_label(method)
-        self.metrics.child(self.metrics.requests, self.chain.name, label, outcome).inc()
-        self.metrics.child(self.metrics.latency, self.chain.name, label).observe(seconds)
+        """One answered request in the metrics (its counter and latency children are
+        looked up once per method and outcome)."""
+        children = self._counted.get((method, outcome))
+        if children is None:
+            label = metric_label(method)
+            metrics, chain = self.metrics, self.chain.name
+            children = (
+                metrics.child(metrics.requests, chain, label, outcome),
+                metrics.child(metrics.latency, chain, label),
+            )
+            if len(self._counted) < 4096:  # bounded: clients choose the method names
+                self._counted[(method, outcome)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     async def plan(self, item: Any) -> Planned | bytes | None:
         """For a batch item: the cached answer, a plain read to send upstream in a
@@ -198,18 +290,34 @@ class ChainProxy:
             return None
         if upstream.budget is not None:
             upstream.budget.take(info.cost)
-        return Planned(request, params, upstream, min_head, decision, key, generation, use_cache)
+        return Planned(
+            request,
+            params,
+            upstream,
+            min_head,
+            decision,
+            key,
+            generation,
+            use_cache,
+            self.view.reorgs,
+        )
 
     # ------------------------------------------------------------------- one call
 
+    def _info(self, method: str) -> MethodInfo:
+        """``classify``, memoised per method name (bounded: clients choose the names)."""
+        info = self._methods.get(method)
+        if info is None:
+            info = classify(
+                method, denied=DEFAULT_DENIED, allowed=self.chain.allow, costs=self.costs
+            )
+            if len(self._methods) < 1024:
+                self._methods[method] = info
+        return info
+
     async def call(self, method: str, params: list[Any]) -> bytes:
         """The raw JSON ``result`` of ``method(params)``, or ``RpcErrorReply``."""
-        info = classify(
-            method,
-            denied=DEFAULT_DENIED,
-            allowed=self.chain.allow,
-            costs=self.costs,
-        )
+        info = self._info(method)
         if info.kind is Kind.DENIED:
             raise RpcErrorReply(METHOD_NOT_FOUND, f"method {method} is not allowed by this gateway")
         if method in ("eth_subscribe", "eth_unsubscribe"):
@@ -232,16 +340,51 @@ class ChainProxy:
                 self.metrics.child(self.metrics.cache, self.chain.name, "hit").inc()
                 return cached
             self.metrics.child(self.metrics.cache, self.chain.name, "miss").inc()
+        return await self._fetch(
+            method=method,
+            params=params,
+            min_head=min_head,
+            archive=archive,
+            cost=info.cost,
+            decision=decision,
+            key=key,
+            generation=generation,
+            use_cache=use_cache,
+        )
+
+    async def _fetch(
+        self,
+        *,
+        method: str,
+        params: list[Any],
+        min_head: int | None,
+        archive: bool,
+        cost: float,
+        decision: CacheDecision,
+        key: str,
+        generation: str,
+        use_cache: bool,
+    ) -> bytes:
+        """A cache miss: one coalesced upstream read, stored when ``storable``."""
+        reorgs = self.view.reorgs
         flight_key = key if decision.scoped or use_cache else f"{key}|{generation}"
         result, shared = await self.coalescer.run(
-            flight_key, lambda: self._read(method, params, min_head, archive, info.cost)
+            flight_key, lambda: self._read(method, params, min_head, archive, cost)
         )
         if shared:
             self.metrics.child(self.metrics.coalesced, self.chain.name).inc()
         raw, value = result
         if use_cache and not shared:
-            final = storable(method, decision, value, self.view.finalized)
-            if final.cacheable and (not final.scoped or generation == self.view.generation):
+            view = self.view
+            final = storable(method, decision, value, view.finalized)
+            # A reorg while the read was in flight (even one deeper than finality, which
+            # drops "final" entries too) means the answer may be from the old branch:
+            # answer it, but do not cache it.
+            if (
+                final.cacheable
+                and reorgs == view.reorgs
+                and (not final.scoped or generation == view.generation)
+            ):
                 await self.cache.set(key, raw, final.block)
         return raw
 
@@ -327,6 +470,9 @@ class ChainProxy:
         saw_null = False
         attempts = 1 + self.limits.max_retries
         for attempt in range(attempts):
+            if attempt and time.monotonic() >= deadline:
+                # The read's own deadline is its only timeout on the single-read path.
+                raise TimeoutError
             upstream = await self._choose(min_head, archive, tried, cost, deadline)
             if upstream is None:
                 break
@@ -338,17 +484,16 @@ class ChainProxy:
                 winner, data = await self._hedged(
                     method=method,
                     first=upstream,
-                    body=body,
+                    send=lambda chosen: self._submit(chosen, method, params, body, deadline),
                     min_head=min_head,
                     archive=archive,
                     tried=tried,
                     cost=cost,
-                    deadline=deadline,
                 )
             except UpstreamFailure as exc:
                 last_error = {"code": NO_UPSTREAM, "message": f"upstream failed: {exc.reason}"}
                 continue
-            reply = _decode(data)
+            reply = data if type(data) is dict else _decode(data)
             if reply is None:
                 winner.failed()
                 last_error = {"code": INTERNAL_ERROR, "message": "upstream sent an invalid reply"}
@@ -368,7 +513,7 @@ class ChainProxy:
                 saw_null, last_error = True, None
                 continue
             self.passive_head(winner, method, value)
-            return _raw_result(data, value), value
+            return orjson.dumps(value), value
         if last_error is None and saw_null:
             return b"null", None  # every upstream asked says null: it is null
         if last_error is None:
@@ -428,97 +573,93 @@ class ChainProxy:
         return upstream
 
     async def send(self, method: str, upstream: Upstream, body: bytes, deadline: float) -> bytes:
+        """One upstream request (bounded by ``deadline`` and the upstream's timeout)."""
+        return await self.start(method, upstream, body, deadline)
+
+    def start(
+        self, method: str, upstream: Upstream, body: bytes, deadline: float
+    ) -> asyncio.Future[bytes]:
+        """``send`` as a future: written now, no task when the upstream has an idle
+        connection; the breaker and the metrics are fed when it settles."""
         timeout = max(0.001, min(upstream.config.timeout_s, deadline - time.monotonic()))
-        started = time.perf_counter()
         self.upstream_calls += 1
-        try:
-            data = await upstream.post(body, timeout)
-        except UpstreamFailure:
+        started = time.perf_counter()
+        future = upstream.start(body, timeout)
+        future.add_done_callback(lambda done: self._sent(method, upstream, started, done))
+        return future
+
+    def _sent(
+        self, method: str, upstream: Upstream, started: float, done: asyncio.Future[bytes]
+    ) -> None:
+        if done.cancelled():
+            return
+        failure = done.exception()
+        if failure is not None and not isinstance(failure, UpstreamFailure):
+            return  # a bug, not the upstream's fault: the awaiting caller sees it
+        metrics, chain = self.metrics, self.chain.name
+        label = metric_label(method)
+        if failure is not None:
             upstream.failed()
-            self.metrics.child(
-                self.metrics.upstream_requests,
-                self.chain.name,
-                upstream.name,
-                metric_label(method),
-                "failure",
-            ).inc()
-            raise
+            metrics.child(metrics.upstream_requests, chain, upstream.name, label, "failure").inc()
+            return
         upstream.succeeded()
-        self.metrics.child(
-            self.metrics.upstream_requests,
-            self.chain.name,
-            upstream.name,
-            metric_label(method),
-            "ok",
-        ).inc()
-        self.metrics.child(self.metrics.upstream_latency, self.chain.name, upstream.name).observe(
+        metrics.child(metrics.upstream_requests, chain, upstream.name, label, "ok").inc()
+        metrics.child(metrics.upstream_latency, chain, upstream.name).observe(
             time.perf_counter() - started
         )
-        return data
+
+    def _submit(
+        self, upstream: Upstream, method: str, params: list[Any], body: bytes, deadline: float
+    ) -> asyncio.Future[Any]:
+        """One read to ``upstream``, batched with the others due in this loop iteration
+        (``microbatch``): a future of its raw reply or decoded reply object."""
+        batcher = self._batchers.get(upstream.name)
+        if batcher is None:
+            batcher = MissBatcher(self, upstream, self.limits.upstream_batch)
+            self._batchers[upstream.name] = batcher
+        return batcher.submit(method, params, body, deadline)
 
     async def _hedged(
         self,
         *,
         method: str,
         first: Upstream,
-        body: bytes,
+        send: Callable[[Upstream], asyncio.Future[Any]],
         min_head: int | None,
         archive: bool,
         tried: set[str],
         cost: float,
-        deadline: float,
-    ) -> tuple[Upstream, bytes]:
+    ) -> tuple[Upstream, Any]:
         """Send to ``first``; if it has not answered after its p95, also to a second."""
-        started = time.monotonic()
-        primary: asyncio.Future[bytes] = asyncio.ensure_future(
-            self.send(method, first, body, deadline)
-        )
+        primary = send(first)
         self._hedge_tokens = min(10.0, self._hedge_tokens + 0.1)
-        if not self.limits.hedge or self._hedge_tokens < 1.0:
+        if not self.limits.hedge or self._hedge_tokens < 1.0 or primary.done():
             return first, await primary
         delay = max(self.limits.hedge_min_ms, first.p95_ms()) / 1000
-        done, _ = await asyncio.wait({primary}, timeout=delay)
-        if done:
-            return first, primary.result()
-        second = self.router.choose(min_head=min_head, archive=archive, exclude=tried, cost=cost)
-        if second is None:
-            return first, await primary
-        tried.add(second.name)
-        self._hedge_tokens -= 1.0
-        if second.budget is not None:
-            second.budget.take(cost)
-        backup: asyncio.Future[bytes] = asyncio.ensure_future(
-            self.send(method, second, body, deadline)
+        hedge = _Hedge(
+            self,
+            method=method,
+            first=first,
+            primary=primary,
+            send=send,
+            route=(min_head, archive, tried, cost),
         )
-        racers = {primary: first, backup: second}
-        pending: set[asyncio.Future[bytes]] = set(racers)
-        failure: UpstreamFailure | None = None
+        timer = asyncio.get_running_loop().call_later(delay, hedge.fire)
         try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    exc = task.exception()
-                    if exc is None:
-                        winner = racers[task]
-                        self.metrics.child(
-                            self.metrics.hedges,
-                            self.chain.name,
-                            metric_label(method),
-                            "hedge" if task is backup else "primary",
-                        ).inc()
-                        if task is backup:
-                            # The primary lost the race: its latency is at least this much.
-                            first.observe((time.monotonic() - started) * 1000)
-                        return winner, task.result()
-                    if isinstance(exc, UpstreamFailure):
-                        failure = exc
-                    else:
-                        raise exc
+            data = await primary
+        except UpstreamFailure:
+            if hedge.backup is None or hedge.second is None:
+                raise  # failed before the hedge delay: the caller retries elsewhere
+            data = await hedge.backup  # the hedge may still answer (else its failure)
+            hedge.winner = hedge.second
         finally:
-            # The loser is not cancelled: cancelling drops its pooled connection (a new
-            # TCP connection per hedge), and its outcome still feeds the breaker.
-            self.keep(pending)
-        raise failure or UpstreamFailure("both hedged requests failed")
+            timer.cancel()
+        if hedge.backup is not None:
+            won = "hedge" if hedge.winner is not first else "primary"
+            self.metrics.child(
+                self.metrics.hedges, self.chain.name, metric_label(method), won
+            ).inc()
+        return hedge.winner, data
 
     def keep(self, tasks: set[asyncio.Future[bytes]]) -> None:
         """Let ``tasks`` finish in the background, referenced and their errors retrieved."""
@@ -531,6 +672,83 @@ class ChainProxy:
         if not task.cancelled():
             task.exception()  # retrieved: a losing failure is not an unhandled error
 
+
+class _Hedge:
+    """A read's hedge: once the primary has been out for its upstream's p95, ``fire``
+    (a timer callback) sends the read to a second upstream; a good answer from that one
+    resolves the primary's future, so the caller, awaiting the primary, gets whichever
+    answer came first.
+
+    Why this shape: a task per upstream request plus ``asyncio.wait`` were the largest
+    items of the miss path once the HTTP server was lean; here the usual case, an
+    answer before the delay, costs one timer and this object (measured,
+    ``docs/gateway-benchmark.md``). The loser is not cancelled: cancelling drops its
+    pooled connection (a new TCP connection per hedge), and its outcome still feeds the
+    breaker; its failure is retrieved here, never reported as unhandled.
+    """
+
+    __slots__ = (
+        "backup",
+        "first",
+        "method",
+        "primary",
+        "proxy",
+        "route",
+        "second",
+        "send",
+        "started",
+        "winner",
+    )
+
+    def __init__(
+        self,
+        proxy: ChainProxy,
+        *,
+        method: str,
+        first: Upstream,
+        primary: asyncio.Future[Any],
+        send: Callable[[Upstream], asyncio.Future[Any]],
+        route: tuple[int | None, bool, set[str], float],
+    ) -> None:
+        self.proxy = proxy
+        self.method = method
+        self.first = first
+        self.primary = primary
+        self.send = send
+        self.route = route
+        self.started = time.monotonic()
+        self.second: Upstream | None = None
+        self.backup: asyncio.Future[Any] | None = None
+        self.winner = first
+
+    def fire(self) -> None:
+        if self.primary.done():
+            return
+        proxy = self.proxy
+        min_head, archive, tried, cost = self.route
+        second = proxy.router.choose(min_head=min_head, archive=archive, exclude=tried, cost=cost)
+        if second is None:
+            return  # nobody else can serve it: the primary's answer decides
+        tried.add(second.name)
+        proxy._hedge_tokens -= 1.0
+        if second.budget is not None:
+            second.budget.take(cost)
+        self.second = second
+        self.backup = self.send(second)
+        self.backup.add_done_callback(self._answered)
+
+    def _answered(self, backup: asyncio.Future[Any]) -> None:
+        if backup.cancelled() or backup.exception() is not None:
+            return  # retrieved; the primary may still answer
+        if not self.primary.done() and self.second is not None:
+            self.winner = self.second
+            # The primary lost the race: its latency is at least this much.
+            self.first.observe((time.monotonic() - self.started) * 1000)
+            self.primary.set_result(backup.result())
+
+
+_PENDING = object()  # ``_answer_now``: the general path answers this one
+_SOCKET_ONLY = frozenset({"eth_subscribe", "eth_unsubscribe"})
 
 _BLOCK_RESULTS = frozenset(
     {
@@ -558,7 +776,3 @@ def _decode(data: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return reply if isinstance(reply, dict) else None
-
-
-def _raw_result(data: bytes, value: Any) -> bytes:
-    return orjson.dumps(value)

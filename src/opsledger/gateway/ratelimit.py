@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -82,6 +83,10 @@ class MemoryLimiter:
         self._max = max_identities
 
     async def take(self, identity: str, tier: TierConfig, cost: float) -> float:
+        return self.take_now(identity, tier, cost)
+
+    def take_now(self, identity: str, tier: TierConfig, cost: float) -> float:
+        """``take`` without awaiting: in-process buckets never wait (``KeyBook.admit``)."""
         bucket = self._buckets.get(identity)
         if bucket is None:
             bucket = TokenBucket(tier.rps, tier.burst)
@@ -145,6 +150,18 @@ class KeyBook:
 
     async def check(self, api_key: str | None, client_ip: str, cost: float) -> Decision | None:
         """None for an unknown API key (the caller answers 401); else the decision."""
+        decision = self.admit(api_key, client_ip, lambda: cost)
+        if decision is None or isinstance(decision, Decision):
+            return decision
+        return await decision
+
+    def admit(
+        self, api_key: str | None, client_ip: str, cost: Callable[[], float]
+    ) -> Decision | Coroutine[Any, Any, Decision] | None:
+        """``check`` without a coroutine when nothing needs awaiting (no limit applies,
+        or in-process buckets): the HTTP server answers such requests without a task.
+        ``cost`` is only computed when a limit applies. A coroutine is returned when
+        the limiter is shared (Redis)."""
         if api_key is not None:
             key = self.lookup(api_key)
             if key is None:
@@ -153,8 +170,18 @@ class KeyBook:
             identity = f"key:{key.name}"
         else:
             if self.config.per_ip is None:
-                return Decision(True, identity=f"ip:{client_ip}")
+                return _UNLIMITED
             tier = self.config.per_ip
             identity = f"ip:{client_ip}"
+        take_now = getattr(self.limiter, "take_now", None)
+        if take_now is not None:
+            wait: float = take_now(identity, tier, cost())
+            return Decision(wait <= 0.0, wait, identity)
+        return self._admit_later(identity, tier, cost())
+
+    async def _admit_later(self, identity: str, tier: TierConfig, cost: float) -> Decision:
         wait = await self.limiter.take(identity, tier, cost)
         return Decision(wait <= 0.0, wait, identity)
+
+
+_UNLIMITED = Decision(True, identity="ip")  # anonymous use without a per-IP limit

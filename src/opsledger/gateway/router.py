@@ -57,21 +57,24 @@ class Router:
         exclude: Collection[str] = (),
         cost: float = 0.0,
     ) -> Upstream | None:
+        if len(self.upstreams) == 2 and not (archive and self.has_archive):
+            # The same choice as below for the common two-upstream chain, without
+            # building candidate lists: this runs on every request that goes upstream.
+            a, b = self.upstreams
+            ok_a = _eligible(a, min_head, exclude, cost)
+            ok_b = _eligible(b, min_head, exclude, cost)
+            if not (ok_a and ok_b):
+                return a if ok_a else b if ok_b else None
+            if a.config.priority != b.config.priority:
+                return a if a.config.priority < b.config.priority else b
+            return self._pick_of_two(a, b)
         pool = self.candidates(min_head=min_head, archive=archive, exclude=exclude, cost=cost)
         if not pool:
             return None
         if len(pool) == 1:
             return pool[0]
         if len(pool) == 2:
-            # The same choice as the general case below (two distinct weighted draws of
-            # a pair are always the pair; a tie goes to the weighted first draw) without
-            # building weight lists: this runs on every request that goes upstream.
-            a, b = pool
-            score_a, score_b = _score(a), _score(b)
-            if score_a != score_b:
-                return a if score_a < score_b else b
-            weight_a, weight_b = max(a.config.weight, 1e-9), max(b.config.weight, 1e-9)
-            return a if self._rng.random() * (weight_a + weight_b) < weight_a else b
+            return self._pick_of_two(*pool)
         weights = [max(u.config.weight, 1e-9) for u in pool]
         first, second = self._rng.choices(pool, weights=weights, k=2)
         if first is second:
@@ -80,6 +83,28 @@ class Router:
                 others, weights=[max(u.config.weight, 1e-9) for u in others]
             )[0]
         return min((first, second), key=_score)
+
+    def _pick_of_two(self, a: Upstream, b: Upstream) -> Upstream:
+        """The general case's choice for a pool of two (two distinct weighted draws of
+        a pair are always the pair; a tie goes to the weighted first draw), without
+        building weight lists."""
+        score_a, score_b = _score(a), _score(b)
+        if score_a != score_b:
+            return a if score_a < score_b else b
+        weight_a, weight_b = max(a.config.weight, 1e-9), max(b.config.weight, 1e-9)
+        return a if self._rng.random() * (weight_a + weight_b) < weight_a else b
+
+
+def _eligible(
+    upstream: Upstream, min_head: int | None, exclude: Collection[str], cost: float
+) -> bool:
+    """What ``Router.candidates`` filters on, for one upstream."""
+    return (
+        upstream.in_rotation
+        and (min_head is None or upstream.head >= min_head)
+        and upstream.name not in exclude
+        and (cost <= 0 or upstream.budget is None or upstream.budget.available(cost))
+    )
 
 
 def _score(upstream: Upstream) -> float:

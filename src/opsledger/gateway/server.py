@@ -13,10 +13,11 @@ is -32700, an oversized body 413 with -32600, a refused rate 429 with ``Retry-Af
 from __future__ import annotations
 
 import contextlib
+import gc
 import hmac
 import math
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import orjson
@@ -28,10 +29,13 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from opsledger.gateway.httpserver import Answer, Pending, RpcEndpoint, as_answer, protocol_for
 from opsledger.gateway.jsonrpc import INVALID_REQUEST, RpcErrorReply, parse_payload
+from opsledger.gateway.proxy import ChainProxy
+from opsledger.gateway.ratelimit import Decision
 from opsledger.gateway.service import Gateway
 
-__all__ = ["build_app", "serve", "uvicorn_config"]
+__all__ = ["build_app", "rpc_endpoint", "serve", "uvicorn_config"]
 
 _JSON = "application/json"
 
@@ -49,22 +53,26 @@ def _cost(payload: Any, costs: dict[str, float]) -> float:
     return max(total, 1.0)
 
 
-# One answer of the JSON-RPC endpoint: status, body (None: empty), extra headers.
-Answer = tuple[int, bytes | None, list[tuple[bytes, bytes]]]
 _NO_HEADERS: list[tuple[bytes, bytes]] = []
 
 
-def _rpc_answerer(
-    gateway: Gateway,
-) -> Callable[[str, str | None, str, bytes | None], Awaitable[Answer]]:
-    """What ``POST /rpc/{chain}[/{api_key}]`` answers, independent of the HTTP layer
-    (``body`` None: larger than the limit)."""
+def rpc_endpoint(gateway: Gateway) -> RpcEndpoint:
+    """What ``POST /rpc/{chain}[/{api_key}]`` answers, independent of the HTTP layer.
+
+    ``respond`` returns the answer directly when nothing needs awaiting (a cached
+    result, the head view, an error, no limit or an in-process one) and a coroutine
+    otherwise: the HTTP protocol creates a task only for the latter.
+    """
     config = gateway.config
     costs = dict(config.rate_limits.method_costs)
     limit = config.limits.max_body_bytes
+    keys = gateway.keys
+    proxies = gateway.proxies
 
-    async def answer(chain: str, api_key: str | None, client_ip: str, body: bytes | None) -> Answer:
-        proxy = gateway.proxies.get(chain)
+    def respond(
+        chain: str, api_key: str | None, client_ip: str, body: bytes | None
+    ) -> Answer | Pending:
+        proxy = proxies.get(chain)
         if proxy is None:
             return 404, _error_body(-32601, f"unknown chain {chain!r}"), _NO_HEADERS
         if body is None:
@@ -74,33 +82,57 @@ def _rpc_answerer(
         except RpcErrorReply as exc:
             error = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": exc.error})
             return 200, error, _NO_HEADERS
-        decision = await gateway.keys.check(api_key, client_ip, _cost(payload, costs))
-        if decision is None:
-            return 401, _error_body(-32001, "unknown API key"), _NO_HEADERS
-        if not decision.allowed:
-            gateway.metrics.rate_limited.labels(chain).inc()
-            retry = max(1, math.ceil(decision.retry_after_s))
-            message = f"rate limit exceeded: retry after {retry}s"
-            return 429, _error_body(-32005, message), [(b"retry-after", str(retry).encode())]
-        reply = await proxy.handle_payload(payload)
-        if reply is None:
-            return 204, None, _NO_HEADERS
-        return 200, reply, _NO_HEADERS
+        decision = keys.admit(api_key, client_ip, lambda: _cost(payload, costs))
+        if decision is not None and not isinstance(decision, Decision):
+            return _admit_later(proxy, decision, payload)
+        refused = _refusal(gateway, chain, decision)
+        if refused is not None:
+            return refused
+        reply = proxy.respond(payload)
+        if reply is None or type(reply) is bytes:
+            return _answer(reply)
+        return reply  # type: ignore[return-value]  # awaited by the protocol: bytes or None
 
-    return answer
+    async def _admit_later(
+        proxy: ChainProxy, pending: Coroutine[Any, Any, Decision], payload: Any
+    ) -> Answer:
+        decision = await pending
+        refused = _refusal(gateway, proxy.chain.name, decision)
+        if refused is not None:
+            return refused
+        return _answer(await proxy.handle_payload(payload))
+
+    return RpcEndpoint(respond, limit)
+
+
+def _refusal(gateway: Gateway, chain: str, decision: Decision | None) -> Answer | None:
+    if decision is None:
+        return 401, _error_body(-32001, "unknown API key"), _NO_HEADERS
+    if decision.allowed:
+        return None
+    gateway.metrics.rate_limited.labels(chain).inc()
+    retry = max(1, math.ceil(decision.retry_after_s))
+    message = f"rate limit exceeded: retry after {retry}s"
+    return 429, _error_body(-32005, message), [(b"retry-after", str(retry).encode())]
+
+
+def _answer(reply: bytes | None) -> Answer:
+    return (204, None, _NO_HEADERS) if reply is None else (200, reply, _NO_HEADERS)
 
 
 def _fast_rpc(gateway: Gateway, inner: ASGIApp) -> ASGIApp:
     """``POST /rpc/...`` as a bare ASGI callable in front of Starlette.
 
-    Measured (``bench/gateway_stack.py``, ``docs/gateway-benchmark.md``): Starlette's
-    routing, middleware stack and ``Request``/``Response`` objects cost 20-40 µs of CPU
-    per request, a large share of a cache hit. The JSON-RPC endpoint needs only the
-    path, one header and the body, so it is answered here straight from the ASGI scope;
-    every other route (WebSocket upgrades, ``/metrics``, ``/admin``, health, 405s) stays
-    in Starlette.
+    The gateway's own HTTP protocol (``httpserver``) answers ``POST /rpc/...`` without
+    ASGI; this callable serves the requests it passes to the ASGI app anyway (those
+    forwarded by a trusted proxy, whose ``X-Forwarded-For`` uvicorn's middleware
+    resolves) and any other ASGI server. Starlette's routing, middleware stack and
+    ``Request``/``Response`` objects cost 20-40 µs of CPU per request (measured,
+    ``docs/gateway-benchmark.md``), so the endpoint is answered straight from the ASGI
+    scope; every other route (WebSocket upgrades, ``/metrics``, ``/admin``, health,
+    405s) stays in Starlette.
     """
-    answer = _rpc_answerer(gateway)
+    respond = rpc_endpoint(gateway).respond
     limit = gateway.config.limits.max_body_bytes
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -117,9 +149,8 @@ def _fast_rpc(gateway: Gateway, inner: ASGIApp) -> ASGIApp:
             return  # the client went away
         client = scope.get("client")
         client_ip = client[0] if client else "unknown"
-        status, reply, extra = await answer(
-            parts[0], parts[1] if len(parts) == 2 else None, client_ip, body
-        )
+        answer = respond(parts[0], parts[1] if len(parts) == 2 else None, client_ip, body)
+        status, reply, extra = answer if isinstance(answer, tuple) else as_answer(await answer)
         if reply is None:
             headers = [*extra]
             await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -173,6 +204,8 @@ def build_app(gateway: Gateway) -> ASGIApp:
     config = gateway.config
     admin_token = os.environ.get(config.admin_token_env, "")
 
+    costs = dict(config.rate_limits.method_costs)
+
     async def websocket(ws: WebSocket) -> None:
         chain = ws.path_params["chain"]
         hub = gateway.hubs.get(chain)
@@ -180,7 +213,18 @@ def build_app(gateway: Gateway) -> ASGIApp:
         if hub is None or (api_key is not None and gateway.keys.lookup(api_key) is None):
             await ws.close(code=1008)
             return
-        await hub.serve(ws)
+        client_ip = ws.client.host if ws.client else "unknown"
+
+        async def admit(payload: Any) -> dict[str, Any] | None:
+            """The HTTP path's limits, per message on the socket (subscriptions too)."""
+            decision = await gateway.keys.check(api_key, client_ip, _cost(payload, costs))
+            refused = _refusal(gateway, chain, decision)
+            if refused is None:
+                return None
+            error: dict[str, Any] = orjson.loads(refused[1] or b"{}")["error"]
+            return error
+
+        await hub.serve(ws, admit=admit)
 
     async def healthz(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type=_JSON)
@@ -244,8 +288,9 @@ def build_app(gateway: Gateway) -> ASGIApp:
 
 
 def uvicorn_config(gateway: Gateway, **overrides: Any) -> uvicorn.Config:
-    """uvicorn with uvloop and httptools when installed, and one socket write per
-    response (``httpserver``); measured: see docs/gateway-benchmark.md."""
+    """uvicorn with uvloop when installed and the gateway's own HTTP/1.1 connection
+    protocol (``httpserver``: JSON-RPC answered without ASGI, one socket write per
+    answer); measured: see docs/gateway-benchmark.md."""
     options: dict[str, Any] = {
         "host": gateway.config.host,
         "port": gateway.config.port,
@@ -256,10 +301,7 @@ def uvicorn_config(gateway: Gateway, **overrides: Any) -> uvicorn.Config:
         # a WebSocket message is held to the same size as an HTTP body
         "ws_max_size": gateway.config.limits.max_body_bytes,
     }
-    with contextlib.suppress(ImportError):
-        from opsledger.gateway.httpserver import CorkedHttpToolsProtocol  # needs httptools
-
-        options["http"] = CorkedHttpToolsProtocol
+    options["http"] = protocol_for(rpc_endpoint(gateway))
     with contextlib.suppress(ImportError):
         import uvloop  # noqa: F401
 
@@ -269,5 +311,18 @@ def uvicorn_config(gateway: Gateway, **overrides: Any) -> uvicorn.Config:
 
 
 def serve(gateway: Gateway) -> None:
-    """Serve until interrupted (SIGINT/SIGTERM stop uvicorn, the lifespan stops the gateway)."""
-    uvicorn.Server(uvicorn_config(gateway)).run()
+    """Serve until interrupted (SIGINT/SIGTERM stop uvicorn, the lifespan stops the gateway).
+
+    The process is the gateway's own, so its garbage collector is tuned here (not in
+    ``Gateway``, which tests run inside other processes): ``perf`` put the cyclic
+    collector at 8% of the CPU of a cache miss, mostly full collections walking every
+    object imported at start-up. Those are frozen (``gc.freeze``: never traversed
+    again), and the youngest generation is collected every 20,000 allocations instead
+    of 700: requests free almost everything by reference counting, so what a
+    collection finds is the objects of requests still in flight, not garbage.
+    """
+    config = uvicorn_config(gateway)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+    uvicorn.Server(config).run()

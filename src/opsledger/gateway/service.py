@@ -240,8 +240,12 @@ class Gateway:
 def _pushing(hub: Any, monitor: HealthMonitor, urls: list[str]) -> Callable[[], bool]:
     by_url = dict(zip(urls, monitor.upstreams, strict=True))
 
+    counters = getattr(hub, "counters", None)
+
     def live() -> bool:
-        stats = hub.stats()
+        # Asked on every eth_blockNumber: read the hub's two counters, not ``stats()``
+        # (which builds a dictionary and counts every subscription).
+        stats = counters if counters is not None else hub.stats()
         if stats.get("connects", 0) <= stats.get("disconnects", 0):
             return False
         upstream = by_url.get(getattr(hub, "current_url", None) or "")

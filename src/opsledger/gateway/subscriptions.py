@@ -55,6 +55,11 @@ KINDS = frozenset({"newHeads", "logs", "newPendingTransactions"})
 _HEADER_ONLY_DROP = ("transactions", "uncles", "withdrawals", "size", "totalDifficulty")
 
 
+# Rate limits for one client socket: the decoded message (one call or a batch) in, None
+# when it may be answered, else the JSON-RPC error to answer instead.
+Admit = Callable[[Any], Awaitable["dict[str, Any] | None"]]
+
+
 class _ClientSocket(Protocol):
     async def receive(self) -> str | bytes | None: ...
     async def send(self, text: str) -> None: ...
@@ -132,6 +137,7 @@ class _Client:
     socket: _ClientSocket
     outbox: asyncio.Queue[str | None]
     subs: dict[str, _UpstreamSub] = field(default_factory=dict)
+    admit: Admit | None = None
 
 
 @dataclass(eq=False)
@@ -510,14 +516,17 @@ class SubscriptionHub:
 
     # -- clients --------------------------------------------------------------------
 
-    async def serve(self, websocket: Any) -> None:
+    async def serve(self, websocket: Any, *, admit: Admit | None = None) -> None:
         """Serve one client socket until it closes.
 
         Accepts a Starlette ``WebSocket`` (accepted here if not yet), an aiohttp
         ``WebSocketResponse`` (already prepared) or a ``websockets`` server connection.
+        ``admit`` (the gateway's rate limits for this socket's API key or IP) is asked
+        before each message, subscriptions included; a refused message is answered
+        with its error and not processed.
         """
         socket = await _adapt(websocket)
-        client = _Client(socket, asyncio.Queue(self.client_queue))
+        client = _Client(socket, asyncio.Queue(self.client_queue), admit=admit)
         self._clients.add(client)
         writer = asyncio.create_task(self._write(client))
         requests: set[asyncio.Task[None]] = set()
@@ -564,7 +573,11 @@ class SubscriptionHub:
         except orjson.JSONDecodeError:
             reply: object = _error(None, RpcError(-32700, "parse error"))
         else:
-            if isinstance(message, list):
+            refused = await client.admit(message) if client.admit is not None else None
+            if refused is not None:
+                request_id = message.get("id") if isinstance(message, dict) else None
+                reply = {"jsonrpc": "2.0", "id": request_id, "error": refused}
+            elif isinstance(message, list):
                 if not message:
                     reply = _error(None, RpcError(-32600, "empty batch"))
                 elif len(message) > self.max_batch:

@@ -9,6 +9,7 @@ on one good probe).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -175,6 +176,49 @@ class Upstream:
         self.note_head(number, block_hash)
         return fork
 
+    def start(self, body: bytes, timeout: float) -> asyncio.Future[bytes]:
+        """``post`` as a future instead of a coroutine: no task when the client has an
+        idle connection (``HttpPool.start``), else ``post`` in a task."""
+        client = self.client
+        raw = client.start(body, timeout) if client is not None else None
+        if raw is None:
+            return asyncio.ensure_future(self.post(body, timeout))
+        self.outstanding += 1
+        result: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        started = time.perf_counter()
+        raw.add_done_callback(lambda done: self._settle(done, result, started, timeout))
+        return result
+
+    def _settle(
+        self,
+        raw: asyncio.Future[tuple[int, bytes]],
+        result: asyncio.Future[bytes],
+        started: float,
+        timeout: float,
+    ) -> None:
+        self.outstanding -= 1
+        if result.done():
+            return  # cancelled by the caller
+        try:
+            status, data = raw.result()
+            result.set_result(self._checked(status, data, started))
+        except asyncio.CancelledError:
+            result.cancel()
+        except TimeoutError:
+            result.set_exception(UpstreamFailure(f"timed out after {timeout:.2f}s"))
+        except ResponseFailed as exc:
+            result.set_exception(UpstreamFailure(str(exc)))
+        except UpstreamFailure as exc:
+            result.set_exception(exc)
+
+    def _checked(self, status: int, data: bytes, started: float) -> bytes:
+        if status >= 500 or status == 429:
+            raise UpstreamFailure(f"HTTP {status}")
+        if status >= 400 and not data.startswith((b"{", b"[")):
+            raise UpstreamFailure(f"HTTP {status}")
+        self.observe((time.perf_counter() - started) * 1000)
+        return data
+
     async def post(self, body: bytes, timeout: float) -> bytes:
         """POST a JSON-RPC payload; the raw response body, or ``UpstreamFailure``."""
         if self.client is None:
@@ -191,12 +235,7 @@ class Upstream:
             raise UpstreamFailure(str(exc)) from exc
         finally:
             self.outstanding -= 1
-        if status >= 500 or status == 429:
-            raise UpstreamFailure(f"HTTP {status}")
-        if status >= 400 and not data.startswith((b"{", b"[")):
-            raise UpstreamFailure(f"HTTP {status}")
-        self.observe((time.perf_counter() - started) * 1000)
-        return data
+        return self._checked(status, data, started)
 
     async def rpc(self, method: str, params: list[Any], timeout: float) -> Any:
         """One call for probes: the ``result``, or ``UpstreamFailure``/``RpcError``."""
