@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import logging
 import os
 import subprocess
@@ -69,6 +70,22 @@ def _body(items: Sequence[VerifyItem]) -> bytes:
     return b"".join(parts)
 
 
+def _widen(fd: int) -> None:
+    """Let a pipe hold several frames (Linux; 64 KiB by default, less than one 256-item
+    frame), so the thread that hands signatures over does not wait until the worker has
+    read most of a frame: measured, that wait made parsing a chunk take 17-26 ms instead
+    of about 8, with the worker idle between chunks."""
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
+    if set_size is None:
+        return
+    try:
+        limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    except (OSError, ValueError):
+        limit = 1 << 20
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, set_size, min(limit, 4 << 20))
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -93,6 +110,7 @@ class _Worker:
         self.owner = os.getpid()
         request_read, self._requests = os.pipe()
         self._replies, reply_write = os.pipe()
+        _widen(self._requests)
         try:
             self.process = subprocess.Popen(  # our own script by path, no shell
                 [sys.executable, "-I", str(_WORKER)],
