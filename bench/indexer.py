@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from indexer_peers import opsledger_run
 from indexer_peers.chain import (
@@ -128,9 +128,17 @@ def measure_floor(url: str, info: ChainInfo, repeats: int = 3) -> Figure:
 
 
 def startup_seconds() -> float:
-    """How long ``opsledger --help`` takes: the CLI's fixed cost inside its wall time."""
+    """How long ``opsledger --help`` takes: the CLI's fixed cost inside its wall time
+    (after ``warm_up``, so with bytecode cached unless ``--no-bytecode-cache``)."""
+    opsledger_run.warm_up()
     started = time.perf_counter()
-    subprocess.run([*opsledger_run.OPSLEDGER, "--help"], capture_output=True, check=False, cwd=ROOT)
+    subprocess.run(
+        [*opsledger_run.OPSLEDGER, "--help"],
+        capture_output=True,
+        check=False,
+        cwd=ROOT,
+        env=opsledger_run.cli_env(),
+    )
     return time.perf_counter() - started
 
 
@@ -203,14 +211,12 @@ def ponder_once(
 # -- reorg runs ----------------------------------------------------------------------------
 
 
-class Follower:
+class Follower(Protocol):
     """What the reorg measurement needs from an indexer that follows the head."""
 
-    def rows_above(self, block: int) -> set[Row] | None:
-        raise NotImplementedError
+    def rows_above(self, block: int) -> set[Row] | None: ...
 
-    def stop(self) -> None:
-        raise NotImplementedError
+    def stop(self) -> None: ...
 
 
 class OpsledgerFollower(Follower):
@@ -323,7 +329,7 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-".rjust(width) if value is None else format(value, spec)
 
 
-def report(figures: list[Figure], floor: Figure, startup: float) -> str:
+def report(figures: list[Figure], floor: Figure, startup: float, cached: bool = True) -> str:
     base = next((f for f in figures if f.name.startswith("subsquid") and f.wall), None)
     header = (
         f"{'indexer':<26} {'wall s':>8} {'events':>7} {'events/s':>9} {'HTTP req':>8} "
@@ -345,8 +351,9 @@ def report(figures: list[Figure], floor: Figure, startup: float) -> str:
             f"{_fmt(f.reorg_exact_after, '8.2f')}  {f.note}"
         )
     lines.append(
-        f"(opsledger's wall time includes the CLI's start-up, {startup:.2f} s here; "
-        "ratios: x floor = wall / floor wall, x sqd = against Subsquid)"
+        f"(opsledger's wall time includes the CLI's start-up, {startup:.2f} s here, "
+        + ("bytecode cached" if cached else "modules recompiled at each start")
+        + "; ratios: x floor = wall / floor wall, x sqd = against Subsquid)"
     )
     return "\n".join(lines)
 
@@ -380,7 +387,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="per indexer and phase")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--json", type=Path, help="also save every figure here")
+    parser.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="run opsledger with the caller's environment as is (PYTHONDONTWRITEBYTECODE=1:"
+        " every start recompiles its modules); default: bytecode cached under RESULTS/pycache",
+    )
     args = parser.parse_args(argv)
+    if not args.no_bytecode_cache:
+        opsledger_run.PYCACHE = args.results.resolve() / "pycache"
     if args.live_blocks <= args.reorg_depth:
         parser.error("--live-blocks must exceed --reorg-depth (anvil reorgs only live blocks)")
     skip = set(args.skip)
@@ -522,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         f"chain: {info.events} events over {info.head - info.deploy_block + 1} blocks; "
         f"reorg depth {args.reorg_depth} after {args.live_blocks} live blocks"
     )
-    print(report(figures, floor, startup))
+    print(report(figures, floor, startup, opsledger_run.PYCACHE is not None))
     if args.json:
         args.json.write_text(
             json.dumps(

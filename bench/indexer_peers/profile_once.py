@@ -43,7 +43,7 @@ def main() -> None:
                         for c in config.chains
                     )
                     config = dataclasses.replace(config, chains=chains)
-                service = IndexerService(config)
+                service = IndexerService(config, with_metrics=False)  # as `index --once`
                 profiler = cProfile.Profile() if args.profile and run == 0 else None
                 started = time.perf_counter()
                 cpu = time.process_time()

@@ -249,6 +249,7 @@ def test_postgresql_store_end_to_end(chain: Chain, tmp_path: Path) -> None:
         store = Store.open(config.database)
         assert_exact(chain, store, nft.address, token)
         store.close()
+        assert service.metrics is not None
         height = service.metrics.registry.get_sample_value(
             "opsledger_indexer_height", {"chain": "local"}
         )

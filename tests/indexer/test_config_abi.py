@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eth_abi.abi import encode
@@ -197,3 +198,61 @@ def test_the_home_section_is_used_without_config(tmp_path: Path) -> None:
     assert config.database == f"sqlite:///{(home.path / 'index.db').resolve()}"
     with pytest.raises(ConfigError, match="no such config file"):
         load_indexer_config(tmp_path / "missing.yaml", home)
+
+
+def test_to_batch_rows_duplicates_and_finality(tmp_path: Path) -> None:
+    """A range's logs become tuple rows in column order: duplicates (also out of order)
+    dropped, other contracts' and unknown events' logs skipped, rows at or below
+    finality marked final."""
+    from opsledger.indexer.chain import ChainIndexer, RangeResult, table_specs
+    from opsledger.indexer.storage import Store
+
+    path = tmp_path / "indexer.yaml"
+    path.write_text(SMALLEST)
+    config = load_file(path)
+    (chain,) = config.chains
+    nft = "0x5fbdb2315678afecb367f032d93f642f64180aa3"
+    (transfer,) = [
+        t for t, d in chain.contracts[0].events.by_topic.items() if d.table.endswith("transfer")
+    ]
+
+    def log(
+        block: int, index: int, token: int, address: str = nft, topic0: str = transfer
+    ) -> dict[str, Any]:
+        return {
+            "address": address.upper().replace("0X", "0x"),  # checksummed by some nodes
+            "topics": [topic0, "0x" + "00" * 32, "0x" + "00" * 12 + "ab" * 20, f"0x{token:064x}"],
+            "data": "0x",
+            "blockNumber": hex(block),
+            "blockHash": "0x" + f"{block:02x}" * 32,
+            "transactionHash": "0x" + f"{index:02x}" * 32,
+            "logIndex": hex(index),
+            "removed": False,
+        }
+
+    logs = [
+        log(10, 0, 1),
+        log(10, 1, 2),
+        log(12, 0, 3),
+        log(10, 1, 2),  # a duplicate, out of order
+        log(11, 4, 5),  # out of order, new
+        log(12, 0, 3),  # a duplicate of the highest
+        log(12, 1, 6, address="0x" + "99" * 20),  # another contract
+        log(12, 2, 7, topic0="0x" + "77" * 32),  # an event not indexed
+        {**log(12, 3, 8), "removed": True},
+    ]
+    store = Store.open("sqlite:///:memory:")
+    store.ensure_tables(table_specs(config.chains))
+    indexer = ChainIndexer(chain, store, None)  # type: ignore[arg-type]  # no RPC needed
+    batch = indexer.to_batch(RangeResult(10, 12, logs, indexer.addresses()), head=16)
+    rows = batch.tables["nft_transfer"]
+    assert sorted((r[1], r[4], r[9]) for r in rows) == [
+        (10, 0, 1),
+        (10, 1, 2),
+        (11, 4, 5),
+        (12, 0, 3),
+    ]
+    assert all(r[0] == "local" and r[5] == nft and r[7] == "0x" + "00" * 20 for r in rows)
+    assert {r[1]: r[6] for r in rows} == {10: True, 11: True, 12: False}  # final below 16 - 5
+    assert batch.events == 4
+    store.close()

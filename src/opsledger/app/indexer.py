@@ -9,15 +9,18 @@ import contextlib
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from opsledger.app.config import load_section
-from opsledger.app.home import Home
 from opsledger.client.base import NullRecorder, Recorder
 from opsledger.core import ConfigError
 from opsledger.indexer.backfill import Progress
 from opsledger.indexer.config import IndexerConfig, load_file, parse
 from opsledger.indexer.service import IndexerService, status
+
+if TYPE_CHECKING:
+    # The home (ledger node, stores) is only loaded when ``--home`` is given: importing it
+    # cost ~50 ms of every ``opsledger index --once``.
+    from opsledger.app.home import Home
 
 __all__ = [
     "indexer_recorder",
@@ -38,6 +41,8 @@ def load_indexer_config(config: Path | None, home: Home | None) -> IndexerConfig
         raise ConfigError(
             "no indexer config: pass --config FILE or add an indexer section to opsledger.yaml"
         )
+    from opsledger.app.config import load_section  # only without --config
+
     section = load_section(home.config_path, "indexer")
     if not section:
         raise ConfigError(f"{home.config_path}: no indexer section", key="indexer")
@@ -63,7 +68,10 @@ def run_indexer(
 
     With ``listen`` the query API (REST, GraphQL, /metrics) is served beside the loop from
     the same process, reading the tables as they fill."""
-    service = IndexerService(config, recorder, on_progress=on_progress)
+    # Prometheus metrics only when something can read them (the API, ``metrics:`` while
+    # following); a plain ``--once`` skips them and the import of prometheus_client.
+    with_metrics = bool(listen) or (bool(config.metrics) and not once)
+    service = IndexerService(config, recorder, on_progress=on_progress, with_metrics=with_metrics)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -76,7 +84,8 @@ def run_indexer(
             from opsledger.indexer.api import serve_api
 
             store = service.open_store()  # the tables exist before the API reads them
-            api = asyncio.create_task(serve_api(store, listen, registry=service.metrics.registry))
+            registry = service.metrics.registry if service.metrics is not None else None
+            api = asyncio.create_task(serve_api(store, listen, registry=registry))
         try:
             await service.run(once=once, stop=stop)
         finally:
@@ -92,17 +101,41 @@ def run_indexer(
 
 
 def serve_index_api(config: IndexerConfig, listen: str) -> None:
-    """Serve the query API over an existing index until SIGINT/SIGTERM."""
+    """Serve the query API over an existing index until SIGINT/SIGTERM.
+
+    The signals are taken by the event loop (as in ``run_indexer``) once it runs: the API's
+    server leaves signals to its host, and a handler raising at an arbitrary point (here
+    ``stop_on_signals``' ``Stopped``) could land inside one of asyncio's transport
+    callbacks, which logs it as a write error and carries on, so the server never stopped
+    (seen under load in ``test_sigkill_during_backfill_then_resume``). ``stop_on_signals``
+    still covers the start-up, before the loop's handlers are in place."""
     from opsledger.app.signals import stop_on_signals
     from opsledger.indexer.api import serve_api
     from opsledger.indexer.storage import Store
 
-    store = Store.open(config.database)
-    try:
-        with stop_on_signals():
-            asyncio.run(serve_api(store, listen))
-    finally:
-        store.close()
+    async def main(store: Store) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stop.set)
+        api = asyncio.create_task(serve_api(store, listen))
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({api, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if api.done():
+                await api  # it could not start (port in use ...): say why
+        finally:
+            for task in (api, stopped):
+                task.cancel()
+            await asyncio.gather(api, stopped, return_exceptions=True)
+
+    with stop_on_signals():
+        store = Store.open(config.database)
+        try:
+            asyncio.run(main(store))
+        finally:
+            store.close()
 
 
 def indexer_status(config: IndexerConfig) -> list[dict[str, Any]]:

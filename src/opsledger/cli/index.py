@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
+import gc
 from pathlib import Path
 from typing import Annotated
 
@@ -69,6 +72,7 @@ def index(
     """
     if ctx.invoked_subcommand is not None:
         return
+    _freeze_heap_at_exit()
     state = get_state(ctx)
     home = state.home if _home_given(ctx) else None
     loaded = load_indexer_config(config, home)
@@ -98,6 +102,19 @@ def index(
             f"{chain}: {rpc.stats.calls} RPC calls, {rpc.stats.errors} errors, "
             f"{sum(1 for r in service.reorgs if r.chain == chain)} reorgs"
         )
+
+
+@functools.cache  # register once per process
+def _freeze_heap_at_exit() -> None:
+    """At interpreter exit, move every live object out of the cyclic collector's reach.
+
+    Why: the interpreter's own collections while it shuts down scan everything still alive
+    (the CLI's modules, typer, rich, pydantic, the decoder caches): measured 50-100 ms of
+    every ``opsledger index --once``, for memory the OS reclaims anyway. Objects are still
+    freed by reference counting; only garbage cycles left at exit are not collected. An
+    atexit hook, so a test runner invoking the command in-process is not affected.
+    """
+    atexit.register(gc.freeze)
 
 
 @index_app.command("serve")

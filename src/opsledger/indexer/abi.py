@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping, Sequence
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,8 @@ class EventDecoder:
     One-word static arguments (address, uintN, intN, bool, bytesN) in canonical form are
     decoded by ``words`` (a profile showed eth_abi's per-log machinery dominating backfill
     CPU); everything else, and any non-canonical word, goes through eth_abi as before.
+    ``values`` is the backfill's path (a tuple in column order, no dict per log);
+    ``decode`` gives the same values as a row dict.
     """
 
     spec: TableSpec
@@ -175,22 +178,53 @@ class EventDecoder:
     indexed: tuple[tuple[str, str], ...]  # (column, abi type) in topic order
     data: tuple[tuple[str, str], ...]  # (column, abi type) in data order
     kinds: dict[str, Any] = field(init=False, compare=False, hash=False, repr=False)
-    dynamic: tuple[bool, ...] = field(init=False, compare=False, hash=False, repr=False)
+    table: str = field(init=False, compare=False, hash=False, repr=False)  # spec.name
+    topic_count: int = field(init=False, compare=False, hash=False, repr=False)
+    read_topics: Callable[[Sequence[str]], tuple[Any, ...]] = field(
+        init=False, compare=False, hash=False, repr=False
+    )
     data_fast: tuple[WordDecoder, ...] | None = field(
         init=False, compare=False, hash=False, repr=False
     )
+    order: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = field(
+        init=False, compare=False, hash=False, repr=False
+    )
+    arg_names: tuple[str, ...] = field(init=False, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kinds", {c.name: c.kind for c in self.spec.columns})
-        object.__setattr__(self, "dynamic", tuple(_dynamic(t) for _, t in self.indexed))
+        kinds = {c.name: c.kind for c in self.spec.columns}
+        object.__setattr__(self, "kinds", kinds)
+        object.__setattr__(self, "table", self.spec.name)
+        cells = tuple(_topic_cells(t, kinds[n]) for n, t in self.indexed)
+        object.__setattr__(self, "topic_count", len(cells) + 1)
+        object.__setattr__(self, "read_topics", _topics_reader(cells))
         fast = tuple(_word_decoder(t) for _, t in self.data)
         usable = tuple(f for f in fast if f is not None)
         object.__setattr__(self, "data_fast", usable if len(usable) == len(fast) else None)
+        # Arguments are read topics first, then data; columns follow the ABI's input order.
+        names = tuple(c.name for c in self.spec.arg_columns)
+        read = [n for n, _ in self.indexed] + [n for n, _ in self.data]
+        object.__setattr__(self, "arg_names", names)
+        object.__setattr__(self, "order", _reorder([read.index(n) for n in names]))
+
+    def values(self, log: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """The decoded arguments of ``log`` in column order (as ``schema.cell`` gives them),
+        or None when the log does not fit this event's shape."""
+        topics = log["topics"]
+        if len(topics) != self.topic_count:
+            return None
+        try:
+            found = self.read_topics(topics)
+            if self.data:
+                found += self._data_values(bytes.fromhex(str(log["data"])[2:]))
+        except (ValueError, TypeError):  # bad hex, eth_abi's DecodingError, not a string
+            return None
+        return found if self.order is None else self.order(found)
 
     def decode(self, log: Mapping[str, Any], chain: str) -> dict[str, Any] | None:
-        """The row of ``log``, or None when the log does not fit this event's shape."""
-        topics = log["topics"]
-        if len(topics) != len(self.indexed) + 1:
+        """The row of ``log`` as a dict, or None when the log does not fit this event's shape."""
+        values = self.values(log)
+        if values is None:
             return None
         row: dict[str, Any] = {
             "chain": chain,
@@ -201,36 +235,50 @@ class EventDecoder:
             "address": str(log["address"]).lower(),
             "final": False,
         }
-        kinds = self.kinds
-        try:
-            for (name, abi_type), dynamic, topic in zip(
-                self.indexed, self.dynamic, topics[1:], strict=True
-            ):
-                text = str(topic).lower()
-                row[name] = text if dynamic else _topic_cell(abi_type, kinds[name], text)
-            if self.data:
-                payload = bytes.fromhex(str(log["data"])[2:])
-                if not self._fast_data(payload, row):
-                    values = decode([t for _, t in self.data], payload)
-                    for (name, _), value in zip(self.data, values, strict=True):
-                        row[name] = cell(kinds[name], value)
-        except ValueError:  # bad hex, or eth_abi's DecodingError (see ``decode``)
-            return None
+        row.update(zip(self.arg_names, values, strict=True))
         return row
 
-    def _fast_data(self, payload: bytes, row: dict[str, Any]) -> bool:
-        """Decode a canonical all-one-word payload into ``row``; False: use eth_abi."""
+    def _data_values(self, payload: bytes) -> tuple[Any, ...]:
+        """The data arguments: canonical one-word payloads by ``words``, else eth_abi."""
         fast = self.data_fast
-        if fast is None or len(payload) != 32 * len(fast):
-            return False
-        try:
-            offset = 0
-            for (name, _), word in zip(self.data, fast, strict=True):
-                row[name] = word(payload[offset : offset + 32])
-                offset += 32
-        except Irregular:
-            return False
-        return True
+        if fast is not None and len(payload) == 32 * len(fast):
+            try:
+                if len(fast) == 1:
+                    return (fast[0](payload),)
+                return tuple([word(payload[32 * i : 32 * i + 32]) for i, word in enumerate(fast)])
+            except Irregular:
+                pass
+        values = decode([t for _, t in self.data], payload)
+        kinds = self.kinds
+        return tuple(cell(kinds[n], v) for (n, _), v in zip(self.data, values, strict=True))
+
+
+def _reorder(positions: list[int]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]] | None:
+    """``found -> tuple(found[i] for i in positions)``; None when that is ``found`` itself."""
+    if positions == list(range(len(positions))):
+        return None
+    if len(positions) == 1:
+        only = positions[0]
+        return lambda found: (found[only],)
+    return operator.itemgetter(*positions)
+
+
+def _topics_reader(cells: tuple[TopicCells, ...]) -> Callable[[Sequence[str]], tuple[Any, ...]]:
+    """``topics -> (cell of topics[1], ...)``: one expression per arity, since a
+    non-anonymous event has at most three indexed arguments; each is a dict lookup."""
+    if len(cells) == 0:
+        return lambda topics: ()
+    if len(cells) == 1:
+        (a,) = cells
+        return lambda topics: (a[topics[1]],)
+    if len(cells) == 2:
+        a, b = cells
+        return lambda topics: (a[topics[1]], b[topics[2]])
+    if len(cells) == 3:
+        a, b, c = cells
+        return lambda topics: (a[topics[1]], b[topics[2]], c[topics[3]])
+    getitem = operator.getitem
+    return lambda topics: tuple(map(getitem, cells, topics[1:]))
 
 
 def decode(types: Sequence[str], payload: bytes) -> tuple[Any, ...]:
@@ -251,10 +299,43 @@ def _word_decoder(abi_type: str) -> WordDecoder | None:
     return word_decoder(abi_type)
 
 
-@functools.lru_cache(maxsize=1 << 16)
+TOPIC_CACHE = 1 << 16  # topics remembered per (type, kind) before the cache starts over
+
+
+class TopicCells(dict[str, Any]):
+    """topic (as the node wrote it) -> the cell of one indexed argument of a given type.
+
+    Topics repeat a lot (the same holders and spenders appear in thousands of transfers,
+    token ids in their mint and later transfers), so each one is decoded once; a hit is
+    a plain dict lookup, with no Python call at all when done through ``map``. At
+    ``TOPIC_CACHE`` entries it starts over, so memory stays bounded. A topic that does
+    not fit the type raises ValueError and is not remembered.
+    """
+
+    def __init__(self, abi_type: str, kind: Any) -> None:
+        super().__init__()
+        self.abi_type = abi_type
+        self.kind = kind
+        self.dynamic = _dynamic(abi_type)
+
+    def __missing__(self, topic: str) -> Any:
+        text = str(topic).lower()
+        # An indexed dynamic argument is only its hash: kept as that ``bytes32``.
+        value = text if self.dynamic else _topic_cell(self.abi_type, self.kind, text)
+        if len(self) >= TOPIC_CACHE:
+            self.clear()
+        self[topic] = value
+        return value
+
+
+@functools.cache
+def _topic_cells(abi_type: str, kind: Any) -> TopicCells:
+    """One cache per (type, kind), shared by every event that has such an argument."""
+    return TopicCells(abi_type, kind)
+
+
 def _topic_cell(abi_type: str, kind: Any, topic: str) -> Any:
-    """One static indexed argument as its cell. Cached: topics repeat a lot (the same
-    holders and spenders appear in thousands of transfers)."""
+    """One static indexed argument as its cell (raises ValueError when it does not fit)."""
     raw = bytes.fromhex(topic[2:])
     fast = _word_decoder(abi_type)
     if fast is not None and len(raw) == 32:

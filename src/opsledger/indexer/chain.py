@@ -140,6 +140,8 @@ class ChainIndexer:
             result.addresses = result.addresses | {c.address for c in missing}
 
     def _discover(self, result: RangeResult) -> None:
+        if not self.templates:
+            return  # no factory in this chain: nothing to discover (and no loop over the logs)
         for log in result.logs:
             address = str(log["address"]).lower()
             number = int(log["blockNumber"], 16)
@@ -162,23 +164,69 @@ class ChainIndexer:
                     self.children[child] = Child(self.name, template.name, child, number)
 
     def to_batch(self, result: RangeResult, head: int) -> Batch:
-        """Decode the logs of a completed range into rows (duplicates dropped)."""
+        """Decode the logs of a completed range into rows (duplicates dropped).
+
+        Rows are tuples in column order (``Batch.tables``), not dicts: this loop runs once
+        per log of a backfill and was most of its Python time. Rows already at or below
+        finality (the same rule as ``Store.commit``) are marked final here, so the commit's
+        finality update has nothing to rewrite for them.
+        """
         batch = Batch(self.name, result.first, result.last, head=head)
-        seen: set[tuple[int, int]] = set()
+        chain, first, last = self.name, result.first, result.last
+        final_below = max(head, last) - self.config.finality_depth
+        contract_for = self._contract_for
+        # The fixed contracts' decoders by address, looked up without a method call.
+        fixed = {a: (c.start_block, c.events.by_topic) for a, c in self.fixed.items()}
+        tables = batch.tables
+        # Duplicates: a log past every position taken so far cannot be one (a node returns
+        # logs in order); only an out-of-order log is looked up, in a set built on demand.
+        highest = (-1, -1)
+        seen: set[tuple[int, int]] | None = None
         for log in result.logs:
             if log.get("removed"):
                 continue
             number = int(log["blockNumber"], 16)
-            position = (number, int(log["logIndex"], 16))
-            if position in seen or not result.first <= number <= result.last:
+            index = int(log["logIndex"], 16)
+            position = (number, index)
+            if not first <= number <= last:
                 continue
-            events = self._contract_for(str(log["address"]).lower(), number)
-            decoded = events.decode(log, self.name) if events else None
-            if decoded is None:
+            if position <= highest:
+                if seen is None:
+                    seen = {(r[1], r[4]) for rows in tables.values() for r in rows}
+                if position in seen:
+                    continue
+            address = log["address"].lower()
+            known = fixed.get(address)
+            if known is not None:
+                by_topic = known[1] if number >= known[0] else None
+            else:
+                events = contract_for(address, number)
+                by_topic = events.by_topic if events is not None else None
+            topics = log.get("topics")
+            if not by_topic or not topics:
                 continue
-            seen.add(position)
-            table, row = decoded
-            batch.rows.setdefault(table, []).append(row)
+            decoder = by_topic.get(topics[0]) or by_topic.get(str(topics[0]).lower())
+            if decoder is None:
+                continue
+            values = decoder.values(log)
+            if values is None:
+                continue
+            highest = max(highest, position)
+            if seen is not None:
+                seen.add(position)
+            meta = (
+                chain,
+                number,
+                log["blockHash"].lower(),
+                log["transactionHash"].lower(),
+                index,
+                address,
+                number <= final_below,
+            )
+            rows = tables.get(decoder.table)
+            if rows is None:
+                rows = tables[decoder.table] = []
+            rows.append(meta + values)
         batch.blocks = dict(result.headers)
         batch.children = [
             c for c in self.children.values() if result.first <= c.start_block <= result.last

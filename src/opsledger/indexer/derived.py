@@ -11,7 +11,8 @@ uint256 balances stay exact in SQLite's TEXT columns too.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import operator
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,35 +47,35 @@ class DerivedTables:
                     pairs.append((spec, source))
         return pairs
 
-    def apply(self, chain: str, rows_by_table: Mapping[str, list[dict[str, Any]]]) -> None:
+    def apply(self, chain: str, rows_by_table: Mapping[str, Sequence[tuple[Any, ...]]]) -> None:
+        """Fold a batch's transfer rows (INSERT parameters: columns in ``TableSpec.columns``
+        order, ABI integers as the dialect stores them) into the derived tables."""
         for owner, source in self.pairs("owner"):
-            rows = sorted(rows_by_table.get(source.name, []), key=_position)
+            rows = rows_by_table.get(source.name)
             if rows:
                 self._apply_owner(chain, owner, source, rows)
         for balance, source in self.pairs("balance"):
-            rows = rows_by_table.get(source.name, [])
+            rows = rows_by_table.get(source.name)
             if rows:
+                sender, receiver, amount = _positions(source, *_arg_names(source))
                 deltas: dict[str, int] = {}
-                sender, receiver, amount = (c.name for c in source.arg_columns[:3])
+                get = deltas.get
                 for r in rows:
                     value = int(r[amount])
-                    deltas[str(r[sender]).lower()] = deltas.get(str(r[sender]).lower(), 0) - value
-                    deltas[str(r[receiver]).lower()] = (
-                        deltas.get(str(r[receiver]).lower(), 0) + value
-                    )
+                    deltas[r[sender]] = get(r[sender], 0) - value
+                    deltas[r[receiver]] = get(r[receiver], 0) + value
                 self.apply_balance(chain, balance, deltas)
 
     def _apply_owner(
-        self, chain: str, owner: TableSpec, source: TableSpec, rows: list[dict[str, Any]]
+        self, chain: str, owner: TableSpec, source: TableSpec, rows: Sequence[tuple[Any, ...]]
     ) -> None:
-        _, receiver, token = (c.name for c in source.arg_columns[:3])
-        final: dict[int, tuple[str, int, int]] = {}
-        for r in rows:
-            final[int(r[token])] = (
-                str(r[receiver]).lower(),
-                int(r["block_number"]),
-                int(r["log_index"]),
-            )
+        _, receiver, token = _positions(source, *_arg_names(source))
+        number, index = _positions(source, "block_number", "log_index")
+        ordered = sorted(rows, key=operator.itemgetter(number, index))
+        # The last transfer of a token in the batch wins (a dict keeps the last value).
+        final: dict[int, tuple[str, int, int] | None] = {
+            int(r[token]): (r[receiver], r[number], r[index]) for r in ordered
+        }
         self._set_owners(chain, owner, final)
 
     def _set_owners(
@@ -171,5 +172,12 @@ class DerivedTables:
             self.apply_balance(chain, balance, plan.reverse.get(balance.name, {}))
 
 
-def _position(row: Mapping[str, Any]) -> tuple[int, int]:
-    return int(row["block_number"]), int(row["log_index"])
+def _arg_names(source: TableSpec) -> tuple[str, str, str]:
+    """(sender, receiver, token id or amount) columns of a transfer table."""
+    sender, receiver, third = (c.name for c in source.arg_columns[:3])
+    return sender, receiver, third
+
+
+def _positions(spec: TableSpec, *names: str) -> tuple[int, ...]:
+    columns = [c.name for c in spec.columns]
+    return tuple(columns.index(n) for n in names)

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opsledger.client.base import NullRecorder, Recorder
 from opsledger.core import UpstreamError
@@ -25,9 +25,11 @@ from opsledger.indexer.chain import ChainIndexer, table_specs
 from opsledger.indexer.config import IndexerConfig
 from opsledger.indexer.follow import Follower, Reorg
 from opsledger.indexer.ledger import record_reorg, record_started
-from opsledger.indexer.metrics import IndexerMetrics
 from opsledger.indexer.rpc import RpcClient, RpcError, RpcTransportError
 from opsledger.indexer.storage import Batch, Store
+
+if TYPE_CHECKING:
+    from opsledger.indexer.metrics import IndexerMetrics
 
 __all__ = ["ChainStatus", "IndexerService", "status"]
 
@@ -62,10 +64,18 @@ class IndexerService:
         metrics: IndexerMetrics | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         store: Store | None = None,
+        with_metrics: bool = True,
     ) -> None:
+        """``with_metrics=False`` (and no ``metrics``): count nothing for Prometheus, for a
+        run nobody can scrape (``opsledger index --once`` without an API or ``metrics``);
+        it also spares that run importing prometheus_client (~20 ms)."""
         self.config = config
         self.recorder = recorder or NullRecorder()
-        self.metrics = metrics or IndexerMetrics()
+        if metrics is None and with_metrics:
+            from opsledger.indexer.metrics import IndexerMetrics
+
+            metrics = IndexerMetrics()
+        self.metrics = metrics
         self.on_progress = on_progress
         self._store = store
         self._owns_store = store is None
@@ -75,13 +85,14 @@ class IndexerService:
     def open_store(self) -> Store:
         if self._store is None:
             self._store = Store.open(self.config.database)
-        self._store.ensure_tables(table_specs(self.config.chains))
+        # Lookup indexes wait until each chain has caught up once (``_chain``).
+        self._store.ensure_tables(table_specs(self.config.chains), defer_indexes=True)
         return self._store
 
     async def run(self, *, once: bool = False, stop: asyncio.Event | None = None) -> None:
         store = self.open_store()
         stop = stop or asyncio.Event()
-        if self.config.metrics and not once:
+        if self.config.metrics and not once and self.metrics is not None:
             self.metrics.serve(self.config.metrics)
         record_started(
             self.recorder,
@@ -111,21 +122,26 @@ class IndexerService:
         rate = _Rate()
         labels = {"chain": config.name}
 
+        metrics = self.metrics
+
         def committed(batch: Batch, progress: Progress) -> None:
             eps = rate.add(batch.events)
-            self.metrics.height.labels(**labels).set(batch.height)
-            self.metrics.events.labels(**labels).inc(batch.events)
-            self.metrics.events_per_second.labels(**labels).set(eps)
+            if metrics is not None:
+                metrics.height.labels(**labels).set(batch.height)
+                metrics.events.labels(**labels).inc(batch.events)
+                metrics.events_per_second.labels(**labels).set(eps)
             if self.on_progress is not None:
                 self.on_progress(progress)
 
         def reorged(reorg: Reorg) -> None:
             self.reorgs.append(reorg)
-            self.metrics.reorgs.labels(**labels).inc()
-            self.metrics.reorg_depth.labels(**labels).observe(reorg.depth)
+            if metrics is not None:
+                metrics.reorgs.labels(**labels).inc()
+                metrics.reorg_depth.labels(**labels).observe(reorg.depth)
             record_reorg(self.recorder, reorg)
 
         follower = Follower(indexer, on_commit=committed, on_reorg=reorged)
+        indexed = False
         while True:
             try:
                 await follower.step()
@@ -134,13 +150,18 @@ class IndexerService:
                     raise UpstreamError(f"chain {config.name}: {exc}", chain=config.name) from exc
                 # Following: a node that is down or flaky is retried at the next poll.
                 log.warning("chain %s: %s (retrying)", config.name, exc)
+            else:
+                if not indexed:
+                    store.ensure_indexes()  # caught up: build the deferred lookup indexes
+                    indexed = True
             state = store.chain_state(config.name)
             height = state.height if state else -1
             store.set_head(config.name, follower.head, rate.add(0))
-            self.metrics.head.labels(**labels).set(follower.head)
-            self.metrics.lag.labels(**labels).set(max(0, follower.head - height))
-            self.metrics.rpc_calls.labels(**labels).set(rpc.stats.calls)
-            self.metrics.rpc_errors.labels(**labels).set(rpc.stats.errors)
+            if metrics is not None:
+                metrics.head.labels(**labels).set(follower.head)
+                metrics.lag.labels(**labels).set(max(0, follower.head - height))
+                metrics.rpc_calls.labels(**labels).set(rpc.stats.calls)
+                metrics.rpc_errors.labels(**labels).set(rpc.stats.errors)
             if once or stop.is_set():
                 return
             with contextlib.suppress(TimeoutError):

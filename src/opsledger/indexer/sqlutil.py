@@ -114,6 +114,10 @@ class Sql:
             return _lower
         return None
 
+    def number_encoder(self) -> Callable[[int], Any]:
+        """``encode`` of an ABI integer (``uint``/``sint``) given as an ``int``."""
+        return str if self.dialect == "sqlite" else Decimal
+
     def column_encoder(self, kind: ColumnKind) -> Callable[[Sequence[Any]], Any] | None:
         """``encode`` of a whole column in one C-level ``map``, for the usual Python type
         only (``int`` for numbers, ``str`` for addresses/bytes); raises TypeError for a

@@ -69,14 +69,17 @@ class Batch:
     chain: str
     first_block: int
     height: int  # the new indexed height (last block of the range)
-    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # rows as dicts
     blocks: dict[int, tuple[str, str]] = field(default_factory=dict)  # n -> (hash, parent)
     children: list[Child] = field(default_factory=list)
     head: int | None = None
+    # Rows as tuples in ``TableSpec.columns`` order, values as in ``rows`` (what the
+    # indexer's decoder makes: no dict per log); a table may have rows in both.
+    tables: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
 
     @property
     def events(self) -> int:
-        return sum(len(v) for v in self.rows.values())
+        return sum(len(v) for v in self.rows.values()) + sum(len(v) for v in self.tables.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +129,10 @@ class Store:
                 conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot open {url}: {exc}") from exc
+            # 16 KiB pages for a new database (an existing one keeps its own): fewer,
+            # fuller B-tree pages to insert into and to write to the WAL; measured ~15 %
+            # less CPU for the inserts and commits of a 24,000-event backfill.
+            conn.execute("PRAGMA page_size=16384")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=10000")
@@ -188,8 +195,16 @@ class Store:
         self._specs.clear()
         self._specs.update((s.name, s) for s in (spec_from_dict(json.loads(r[0])) for r in rows))
 
-    def ensure_tables(self, specs: Sequence[TableSpec]) -> None:
-        """Create missing tables; refuse a table whose layout changed (re-index instead)."""
+    def ensure_tables(self, specs: Sequence[TableSpec], *, defer_indexes: bool = False) -> None:
+        """Create missing tables; refuse a table whose layout changed (re-index instead).
+
+        ``defer_indexes``: leave out the lookup indexes of new tables (indexed event
+        arguments, an owner table's ``owner``) until ``ensure_indexes``. The indexer does
+        this so that a first backfill fills bare tables and then builds each index in one
+        sorted pass (measured: a third less insert work on 24,000 events, and far less once
+        an index outgrows the page cache). Commits, finality and rollbacks never use
+        those indexes; the query API gives the same answers without them, only slower.
+        """
         with self.db.tx():
             for spec in specs:
                 known = self._specs.get(spec.name)
@@ -211,22 +226,39 @@ class Store:
                 self.db.execute(
                     f"CREATE TABLE IF NOT EXISTS {q(spec.name)} ({cols}, PRIMARY KEY ({key}))"
                 )
-                for col in spec.columns:
-                    if col.indexed or (spec.kind == "owner" and col.name == "owner"):
-                        self.db.execute(
-                            f"CREATE INDEX IF NOT EXISTS {q(spec.name + '_' + col.name)} "
-                            f"ON {q(spec.name)} (chain, {q(col.name)})"
-                        )
+                if not defer_indexes:
+                    self._create_lookup_indexes(spec)
                 if spec.kind == "event":
+                    # Only the rows not final yet: what ``_finalise`` looks for. A backfill
+                    # inserts nearly every row final, so they never enter this index
+                    # (a full ``(chain, final, block_number)`` index cost ~15 % of its
+                    # inserts). Older databases keep their ``__final`` index; both serve.
+                    false = "0" if self.dialect == "sqlite" else "FALSE"
                     self.db.execute(
-                        f"CREATE INDEX IF NOT EXISTS {q(spec.name + '__final')} "
-                        f"ON {q(spec.name)} (chain, final, block_number)"
+                        f"CREATE INDEX IF NOT EXISTS {q(spec.name + '__unfinal')} "
+                        f"ON {q(spec.name)} (chain, block_number) WHERE final = {false}"
                     )
                 self.db.execute(
                     "INSERT INTO _indexer_tables (name, spec) VALUES (?, ?)",
                     (spec.name, json.dumps(spec.to_dict())),
                 )
                 self._specs[spec.name] = spec
+
+    def ensure_indexes(self) -> None:
+        """Create every lookup index that is missing (see ``ensure_tables``); a no-op once
+        they exist, so it is safe after every catch-up and after a crash."""
+        self._load_specs()
+        with self.db.tx():
+            for spec in list(self._specs.values()):
+                self._create_lookup_indexes(spec)
+
+    def _create_lookup_indexes(self, spec: TableSpec) -> None:
+        for col in spec.columns:
+            if col.indexed or (spec.kind == "owner" and col.name == "owner"):
+                self.db.execute(
+                    f"CREATE INDEX IF NOT EXISTS {q(spec.name + '_' + col.name)} "
+                    f"ON {q(spec.name)} (chain, {q(col.name)})"
+                )
 
     # -- the read API (used by the query API) -------------------------------------------
     def list_tables(self) -> list[TableSpec]:
@@ -392,9 +424,10 @@ class Store:
             # Finality is relative to the chain head, not to the batch.
             tip = batch.height if batch.head is None else max(batch.head, batch.height)
             final_below = tip - finality_depth
-            for table, rows in batch.rows.items():
-                self._insert_events(self.spec(table), rows, final_below)
-            self.derived.apply(batch.chain, batch.rows)
+            encoded = self._encode_batch(batch, final_below)
+            for table, params in encoded.items():
+                self._insert_events(self.spec(table), params)
+            self.derived.apply(batch.chain, encoded)
             self.db.many(
                 self.db.sql(
                     "INSERT INTO _indexer_blocks (chain, number, hash, parent_hash) "
@@ -440,16 +473,43 @@ class Store:
             "DELETE FROM _indexer_blocks WHERE chain = ? AND number < ?", (chain, final_below)
         )
 
-    def _insert_events(self, spec: TableSpec, rows: list[dict[str, Any]], final_below: int) -> None:
-        """Bulk insert; rows already at or below ``final_below`` go in final, so the
-        ``_finalise`` update that follows (same transaction) has nothing to rewrite for them
-        (on a backfill that update used to rewrite every row just inserted)."""
-        if not rows:
+    def _insert_events(self, spec: TableSpec, params: Sequence[tuple[Any, ...]]) -> None:
+        if not params:
             return
         names = ", ".join(q(c.name) for c in spec.columns)
         marks = ", ".join("?" for _ in spec.columns)
         sql = self.db.sql(f"INSERT INTO {q(spec.name)} ({names}) VALUES ({marks})")
-        self.db.many(sql, self._encode_rows(spec, rows, final_below))
+        self.db.many(sql, params)
+
+    def _encode_batch(self, batch: Batch, final_below: int) -> dict[str, list[tuple[Any, ...]]]:
+        """Every event row of ``batch`` as the parameters of its table's INSERT (columns in
+        ``TableSpec.columns`` order). Dict rows at or below ``final_below`` go in final, so
+        the ``_finalise`` update that follows (same transaction) has nothing to rewrite
+        for them (on a backfill that update used to rewrite every row just inserted);
+        tuple rows come with their final flag from the decoder."""
+        encoded: dict[str, list[tuple[Any, ...]]] = {}
+        for table in {**batch.tables, **batch.rows}:
+            spec = self.spec(table)
+            params = self._encode_tuples(spec, batch.tables.get(table, []))
+            rows = batch.rows.get(table)
+            if rows:
+                params = params + self._encode_rows(spec, rows, final_below)
+            encoded[table] = params
+        return encoded
+
+    def _encode_tuples(self, spec: TableSpec, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Decoder rows -> parameters: their strings are already lower-case and their
+        flags bools (both dialects bind those as they are), so only the ABI integer
+        columns change (decimal text in SQLite, Decimal in PostgreSQL), each with one
+        C-level ``map``."""
+        numbers = [i for i, c in enumerate(spec.columns) if c.kind in ("uint", "sint")]
+        if not rows or not numbers:
+            return rows
+        encode = self.db.number_encoder()
+        columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
+        for i in numbers:
+            columns[i] = list(map(encode, columns[i]))
+        return list(zip(*columns, strict=True))
 
     def _encode_rows(
         self, spec: TableSpec, rows: list[dict[str, Any]], final_below: int
