@@ -37,10 +37,17 @@ setup: $(STAMP) $(NODE_STAMP) system-packages
 demo: setup
 	bash examples/demo.sh
 
+# Benchmarks are type-checked too (they rot silently otherwise), as scripts from their own
+# directory since they import their siblings; cel_compare.py is a one-off comparison with
+# optional peer libraries, kept for its write-up (bench/README.md), not maintained code.
+BENCH_TYPED := $(filter-out cel_compare.py,$(notdir $(wildcard bench/*.py)))
+
 lint: setup
 	$(VENV)/bin/ruff check src tests bench scripts
 	$(VENV)/bin/ruff format --check src tests bench scripts
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy tests
+	cd bench && ../$(VENV)/bin/mypy --config-file ../pyproject.toml $(BENCH_TYPED)
 	$(VENV)/bin/lint-imports
 
 test: lint
