@@ -44,3 +44,37 @@ def test_a_bad_record_fails_in_the_caller_and_queues_nothing(tmp_path: Path) -> 
         recorder.close()
     with pytest.raises(RuntimeError, match="closed"):
         recorder.record("note", Subject("service", "gw"), {"text": "late"})
+
+
+def test_a_nonce_collision_with_another_writer_is_re_signed_not_dropped(tmp_path: Path) -> None:
+    """Services record as the node, and so does the contract runner beside them: when the
+    other writer's later nonces land first, the queued records are refused as replays.
+    The recorder re-signs them past the ledger's last nonce instead of dropping them."""
+    home = Home(tmp_path / "h")
+    home.init(admin="alice")
+    node = home.config().node
+    recorder = home.recorder(node)
+    queued = [
+        recorder._signer.sign("note", Subject("service", "gw"), {"text": f"queued {i}"})
+        for i in range(3)
+    ]
+    other = home.signer(node)  # another writer for the same actor, signing later
+    client = home.client()
+    try:
+        client.submit(other.sign("note", Subject("service", "gw"), {"text": "other"}))
+    finally:
+        client.close()
+    try:
+        for stx in queued:  # signed before the other writer's, submitted after it
+            recorder._queue.put(stx)
+        recorder.flush()
+    finally:
+        recorder.close()
+    client = home.client()
+    try:
+        rows = client.list_transactions({"type": "note", "subject": "service:gw"})
+    finally:
+        client.close()
+    texts = [row["transaction"]["body"]["text"] for row in rows]
+    assert texts == ["other", "queued 0", "queued 1", "queued 2"]
+    assert recorder.errors == []

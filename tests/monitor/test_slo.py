@@ -19,7 +19,7 @@ from opsledger.app import Home
 from opsledger.app.slo import slo_report
 from opsledger.cli import slo as slo_cli
 from opsledger.cli._state import Consoles, State
-from opsledger.client.base import Signer
+from opsledger.client.base import Signer, submit_signed
 from opsledger.client.local import LocalClient
 from opsledger.core import ConfigError, Subject
 from opsledger.ledger import ContractRunner
@@ -208,7 +208,9 @@ def test_slo_rules_join_the_monitor_rules() -> None:
 
 
 class DirectRecorder:
-    """Submits at once, so the test can wait on the contract runner deterministically."""
+    """Submits at once, so the test can wait on the contract runner deterministically.
+    It signs as the node, like the contract runner beside it: a nonce collision between
+    the two is re-signed, as every recorder does (``submit_signed``)."""
 
     def __init__(self, client: LocalClient, signer: Signer) -> None:
         self.client = client
@@ -217,7 +219,9 @@ class DirectRecorder:
     def record(
         self, tx_type: str, subject: Subject, body: dict[str, Any], refs: Sequence[str] = ()
     ) -> None:
-        self.client.submit(self.signer.sign(tx_type, subject, body, list(refs)))
+        submit_signed(
+            self.client, self.signer, self.signer.sign(tx_type, subject, body, list(refs))
+        )
 
     def flush(self, timeout: float = 10.0) -> None:
         return None

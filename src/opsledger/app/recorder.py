@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 
 from opsledger.client.base import LedgerClient, Signer
-from opsledger.core import OpsledgerError, SignedTransaction, Subject
+from opsledger.core import OpsledgerError, ReplayRejected, SignedTransaction, Subject
 
 __all__ = ["BackgroundRecorder"]
 
@@ -89,6 +89,10 @@ class BackgroundRecorder:
         """Records the ledger refused for good (schema, permission): logged, kept here."""
         return list(self._errors)
 
+    def _resign(self, stx: SignedTransaction) -> SignedTransaction:
+        tx = stx.tx
+        return self._signer.sign(tx.type, tx.subject, tx.body, tx.refs)
+
     def _take_batch(self) -> list[SignedTransaction] | None:
         first = self._queue.get()
         if first is None:
@@ -127,7 +131,19 @@ class BackgroundRecorder:
     def _submit(self, batch: list[SignedTransaction]) -> None:
         client = self._open_client()
         try:
-            outcomes = client.submit_many(batch)
+            outcomes = list(client.submit_many(batch))
+            collided = [i for i, o in enumerate(outcomes) if isinstance(o, ReplayRejected)]
+            if collided:
+                # Another writer signed as this actor in the same instant (services sign
+                # as the node, and so does the contract runner recording verdicts): the
+                # node refused ours as a replay. Re-sign past the ledger's last nonce,
+                # once, as ``submit_signed`` does; dropping them would lose evidence.
+                last = client.actor(self._signer.actor).get("last_nonce")
+                newest = max(batch[i].tx.nonce for i in collided)
+                self._signer.bump_past(max(newest, last if isinstance(last, int) else 0))
+                again = [self._resign(batch[i]) for i in collided]
+                for i, outcome in zip(collided, client.submit_many(again), strict=True):
+                    outcomes[i] = outcome
         finally:
             with contextlib.suppress(Exception):
                 client.close()
