@@ -233,6 +233,33 @@ def test_runner_catches_up_after_a_restart(tmp_path: Path) -> None:
         again.close()
 
 
+def test_a_verdict_refused_as_a_replay_is_re_signed_not_lost(world: World) -> None:
+    """Services record as the node, like the runner: when another writer's later nonce
+    lands first, the runner's verdict is refused as a replay. It must be re-signed and
+    recorded, not logged and lost until a restart."""
+    w = world
+    node_actor = w.home.config().node
+    other = w.home.signer(node_actor)  # another writer signing as the node
+    runner = next(s for s in w.node.services if isinstance(s, ContractRunner))
+    original = runner.signer.next_nonce
+    stale = [True]
+
+    def collide() -> int:
+        nonce: int = original()
+        if stale[0]:  # as if the other writer had just written a later nonce
+            stale[0] = False
+            w.client.submit(other.sign("note", Subject("service", "x"), {"text": "other"}))
+        return nonce
+
+    runner.signer.next_nonce = collide
+    w.record("alice", "release.requested", {"service": "shop", "version": "2", "digest": D,
+                                            "commits": []})  # fmt: skip
+    assert not stale[0]  # the collision happened
+    found = verdicts(w.client, {"subject": f"artifact:{D}"})
+    assert len(found) == 1 and found[0]["result"] == "fail"
+    w.node.verify()
+
+
 def test_what_a_verdict_records_is_verified_too(tmp_path: Path) -> None:
     """An sla.violation must be exactly what the sla contract's verdict says to record."""
     home = Home(tmp_path / "h")

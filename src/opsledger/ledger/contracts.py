@@ -16,11 +16,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
 from opsledger.contracts import ContractBook, Evaluation, evaluate, evidence_item
 from opsledger.core import (
     Registry,
+    ReplayRejected,
     SignedTransaction,
     Subject,
     parse_json,
@@ -247,32 +250,74 @@ class ContractRunner:
             self._record(evaluations)
 
     def _record(self, evaluations: list[Evaluation]) -> None:
-        """Sign every verdict of a block (and what each records, which refs it: a tx id is
-        known once signed) and submit them together: one block, one wait."""
-        batches = []
-        for evaluation in evaluations:
-            request = evaluation.request
-            subject = Subject(request["subject"]["kind"], request["subject"]["id"])
-            refs = list(dict.fromkeys([evaluation.body["trigger"], evaluation.body["request"]]))
-            verdict = self.signer.sign("contract.verdict", subject, evaluation.body, refs)
-            records = [
-                self.signer.sign(tx_type, subject, body, [verdict.tx_id])
-                for tx_type, body in evaluation.records
-            ]
-            pending = [self.node.submit_async(tx) for tx in [verdict, *records]]
-            batches.append((evaluation, verdict.tx_id, pending))
-        for evaluation, verdict_id, pending in batches:
+        """Record a block's verdicts together (one block, one wait), then what each
+        verdict records, citing it. Records go only after their verdict is on the ledger,
+        so none can cite a verdict that was refused. A transaction refused as a replay
+        (another writer signing as the node took a later nonce first: services record as
+        the node too) is re-signed once past the ledger's last nonce instead of being
+        lost until the next restart's catch-up."""
+        sent = [
+            (evaluation, verdict, self.node.submit_async(verdict))
+            for evaluation in evaluations
+            for verdict in [self._sign_verdict(evaluation)]
+        ]
+        recorded = []
+        for evaluation, first, future in sent:
             try:
-                for future in pending:
-                    future.result(60.0)
+                verdict = self._settle(first, future, partial(self._sign_verdict, evaluation))
+                subject, tx_id = verdict.tx.subject, verdict.tx_id
+                records = [
+                    self.signer.sign(tx_type, subject, body, [tx_id])
+                    for tx_type, body in evaluation.records
+                ]
+                pending = [(record, self.node.submit_async(record)) for record in records]
+                recorded.append((evaluation, tx_id, pending))
             except Exception:
                 log.exception("could not record the verdict of %s", evaluation.body["contract"])
+        for evaluation, tx_id, pending in recorded:
+            try:
+                for record, future in pending:
+                    self._settle(record, future, partial(self._resign, record))
+            except Exception:
+                log.exception("could not record what %s records", evaluation.body["contract"])
                 continue
             for listener in self.listeners:
                 try:
-                    listener(evaluation, verdict_id)
+                    listener(evaluation, tx_id)
                 except Exception:
                     log.exception("verdict listener failed")
+
+    def _sign_verdict(self, evaluation: Evaluation) -> SignedTransaction:
+        request = evaluation.request
+        subject = Subject(request["subject"]["kind"], request["subject"]["id"])
+        refs = list(dict.fromkeys([evaluation.body["trigger"], evaluation.body["request"]]))
+        verdict: SignedTransaction = self.signer.sign(
+            "contract.verdict", subject, evaluation.body, refs
+        )
+        return verdict
+
+    def _resign(self, stx: SignedTransaction) -> SignedTransaction:
+        tx = stx.tx
+        again: SignedTransaction = self.signer.sign(tx.type, tx.subject, tx.body, tx.refs)
+        return again
+
+    def _settle(
+        self,
+        stx: SignedTransaction,
+        future: Future[Any],
+        resign: Callable[[], SignedTransaction],
+    ) -> SignedTransaction:
+        """Wait for ``stx``; after a nonce collision, re-sign it once and wait again.
+        Returns the transaction that is on the ledger."""
+        try:
+            future.result(60.0)
+            return stx
+        except ReplayRejected:
+            last = self.node.registry.actor(self.signer.actor).last_nonce
+            self.signer.bump_past(max(last, stx.tx.nonce))
+            again = resign()
+            self.node.submit(again)
+            return again
 
     def catch_up(self) -> None:
         """Evaluate triggers after the newest verdict's trigger that have no verdict."""
