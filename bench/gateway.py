@@ -2,8 +2,8 @@
 
 Run it as a script (it imports its sibling modules)::
 
-    .venv/bin/python bench/gateway.py            # about 3 minutes on 2 cores
-    .venv/bin/python bench/gateway.py --quick    # smoke run, under a minute
+    .venv/bin/python bench/gateway.py            # about 5 minutes on 2 cores
+    .venv/bin/python bench/gateway.py --quick    # smoke run, about 1.5 minutes
     .venv/bin/python bench/gateway.py --json figures.json --no-profile
 
 Targets: anvil direct, HAProxy round-robin over two anvils (Debian ``haproxy``, default
@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gateway_load as load
 import gateway_nodes as nodes
+import gateway_writes as writes
 from opsledger.testing.anvil import Anvil
 
 
@@ -65,7 +66,7 @@ def machine_facts() -> list[str]:
 
 @contextlib.contextmanager
 def maybe_gateway(
-    upstreams: list[Anvil], notes: list[str]
+    upstreams: Sequence[nodes.Upstream], notes: list[str]
 ) -> Iterator[nodes.GatewayProcess | None]:
     """The gateway, or None (with a note) when it cannot start: the baselines still run."""
     try:
@@ -276,6 +277,57 @@ def lagging(args: argparse.Namespace, report: dict[str, Any], notes: list[str]) 
     report["lag"] = rows
 
 
+def replayed_writes(args: argparse.Namespace, report: dict[str, Any], notes: list[str]) -> None:
+    """Pre-signed writes beside the read load, node b killed or hung: how many times did
+    each transaction reach a node? (see ``gateway_writes.py``)"""
+    seconds = 4 if args.quick else 12
+    at = 1.0 if args.quick else 3.0
+    # HAProxy's server timeout is 10 s and a retry may take another: wait that long for
+    # the writes still out, so a replay after a timeout is seen (a quick run does not).
+    grace = 3.0 if args.quick else 22.0
+    raws = writes.signed_transfers(args.write_rate * seconds)
+    rows = []
+    for scenario in ("kill", "hang"):
+        for target in ("haproxy", "haproxy retry-on", "gateway"):
+            with (
+                # --no-mining: a write must not advance one node's head, or the other (two
+                # independent dev chains) lags behind and leaves the gateway's rotation.
+                nodes.anvils(2, seeded=False, extra_args=["--no-mining"]) as (anvils, _),
+                writes.counting_nodes(anvils) as counting,
+                contextlib.ExitStack() as stack,
+            ):
+                if target.startswith("haproxy"):
+                    url = stack.enter_context(
+                        nodes.haproxy(counting, retry_on=target.endswith("retry-on"))
+                    )
+                else:
+                    gw = stack.enter_context(maybe_gateway(counting, notes))
+                    if gw is None:
+                        continue
+                    url = gw.url
+                log(f"writes: {scenario} under load -> {target}")
+                result = writes.run(
+                    url,
+                    target,
+                    scenario,
+                    counting,
+                    raws,
+                    seconds=seconds,
+                    at=at,
+                    grace=grace,
+                    read_connections=max(1, args.timeline_connections // 2),
+                )
+                rows.append(asdict(result))
+    report["writes"] = rows
+    report["write_setup"] = {
+        "seconds": seconds,
+        "at": at,
+        "grace": grace,
+        "writes": len(raws),
+        "read_connections": max(1, args.timeline_connections // 2),
+    }
+
+
 # -- printing -------------------------------------------------------------------------
 
 
@@ -442,6 +494,54 @@ def render(report: dict[str, Any], notes: list[str]) -> str:
         )
         parts.append("target: zero backward heads and zero wrong nulls")
         parts.append("")
+    if report.get("writes"):
+        setup = report["write_setup"]
+        parts.append(
+            f"## Writes replayed: {setup['writes']} pre-signed eth_sendRawTransaction over "
+            f"{setup['seconds']} s beside {setup['read_connections']} read connections, node b "
+            f"fails at t={setup['at']:g}s, arrivals counted at each node"
+        )
+        parts.append(
+            table(
+                [
+                    "scenario",
+                    "target",
+                    "writes sent",
+                    "ok",
+                    "error",
+                    "unanswered",
+                    "arrivals (a+b)",
+                    "replayed",
+                    "reads ok",
+                    "reads failed",
+                ],
+                [
+                    [
+                        r["scenario"],
+                        r["target"],
+                        f"{r['sent']:,}",
+                        f"{r['ok']:,}",
+                        f"{r['errors']:,}",
+                        f"{r['unanswered']:,}",
+                        f"{r['arrivals']:,} ({'+'.join(map(str, r['arrivals_per_node']))})",
+                        str(r["replayed"]),
+                        f"{r['reads_answered']:,}",
+                        f"{r['reads_failed'] + r['reads_unanswered']:,}",
+                    ]
+                    for r in report["writes"]
+                ],
+                left=2,
+            )
+        )
+        for r in report["writes"]:
+            if r["error_kinds"]:
+                kinds = "; ".join(f"{k} x{n}" for k, n in r["error_kinds"].items())
+                parts.append(f"{r['scenario']} {r['target']} write errors: {kinds}")
+        parts.append(
+            f"unanswered: no answer {setup['grace']:g} s after the last write was sent; "
+            "replayed: transactions that reached the nodes more than once. target: zero replayed"
+        )
+        parts.append("")
     prof = report.get("profile")
     if prof:
         parts.append("## Where the gateway's CPU goes (py-spy, self time)")
@@ -469,12 +569,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="short smoke run (< 60 s)")
+    parser.add_argument("--quick", action="store_true", help="short smoke run (about 90 s)")
     parser.add_argument("--seconds", type=int, default=None, help="seconds per throughput run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--timeline-connections", type=int, default=16)
     parser.add_argument("--no-profile", dest="profile", action="store_false")
-    parser.add_argument("--only", choices=["throughput", "failures", "lag"], action="append")
+    parser.add_argument(
+        "--only", choices=["throughput", "failures", "lag", "writes"], action="append"
+    )
+    parser.add_argument(
+        "--write-rate", type=int, default=25, help="writes per second in the writes section"
+    )
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     args = parser.parse_args(argv)
     if args.seconds is None:
@@ -493,13 +598,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     notes: list[str] = []
     started = time.monotonic()
-    sections = args.only or ["throughput", "failures", "lag"]
+    sections = args.only or ["throughput", "failures", "lag", "writes"]
     if "throughput" in sections:
         throughput(args, report, notes)
     if "failures" in sections:
         failures(args, report, notes)
     if "lag" in sections:
         lagging(args, report, notes)
+    if "writes" in sections:
+        replayed_writes(args, report, notes)
     notes.append(f"whole run: {time.monotonic() - started:.0f} s")
     print(render(report, notes))
     if args.json:

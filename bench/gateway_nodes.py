@@ -20,7 +20,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from opsledger.testing.anvil import Anvil, free_port
 
@@ -103,13 +103,17 @@ def mix_bodies(contract: str, head: int, count: int = 2000, seed_value: int = 11
 
 
 @contextlib.contextmanager
-def anvils(count: int = 2, *, seeded: bool = True) -> Iterator[tuple[list[Anvil], str]]:
+def anvils(
+    count: int = 2, *, seeded: bool = True, extra_args: Sequence[str] = ()
+) -> Iterator[tuple[list[Anvil], str]]:
     nodes: list[Anvil] = []
     try:
         for _ in range(count):
             # One genesis for all: the nodes are "the same chain" to the gateway, which
             # checks every upstream's block 0 (anvil's genesis hash includes its timestamp).
-            nodes.append(Anvil.start(extra_args=["--timestamp", str(GENESIS_TIMESTAMP)]))
+            nodes.append(
+                Anvil.start(extra_args=["--timestamp", str(GENESIS_TIMESTAMP), *extra_args])
+            )
         contract = ""
         for node in nodes:
             contract = seed(node) if seeded else ""
@@ -117,6 +121,20 @@ def anvils(count: int = 2, *, seeded: bool = True) -> Iterator[tuple[list[Anvil]
     finally:
         for node in nodes:
             node.stop()
+
+
+class Upstream(Protocol):
+    """What HAProxy and the gateway config need of a node: an anvil, or a counting proxy
+    in front of one (``gateway_writes.CountingNode``)."""
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def ws_url(self) -> str: ...
 
 
 HAPROXY_CFG = """\
@@ -133,7 +151,15 @@ frontend rpc
     default_backend nodes
 backend nodes
     balance roundrobin
-{servers}
+{retry}{servers}
+"""
+
+# Layer-7 retries that replay any request, POST bodies included, on another server: what
+# a team adds to HAProxy to hide a dead node from reads (and what replays writes).
+HAPROXY_RETRY = """\
+    retries 3
+    option redispatch 1
+    retry-on all-retryable-errors
 """
 
 
@@ -141,9 +167,12 @@ HAPROXY_PIDS: dict[str, int] = {}  # url -> pid, for CPU per request
 
 
 @contextlib.contextmanager
-def haproxy(upstreams: Sequence[Anvil], *, server_timeout: int = 10) -> Iterator[str]:
+def haproxy(
+    upstreams: Sequence[Upstream], *, server_timeout: int = 10, retry_on: bool = False
+) -> Iterator[str]:
     """HAProxy round-robin over ``upstreams`` with the default health check (TCP
-    connect every 2 s, down after 3 failures): the generic balancer a team would use."""
+    connect every 2 s, down after 3 failures): the generic balancer a team would use.
+    ``retry_on`` adds ``retry-on all-retryable-errors`` and ``option redispatch``."""
     binary = shutil.which("haproxy")
     if binary is None:
         raise FileNotFoundError(
@@ -156,7 +185,12 @@ def haproxy(upstreams: Sequence[Anvil], *, server_timeout: int = 10) -> Iterator
     with tempfile.TemporaryDirectory(prefix="gwbench-haproxy-") as tmp:
         cfg = Path(tmp, "haproxy.cfg")
         cfg.write_text(
-            HAPROXY_CFG.format(port=port, servers=servers, server_timeout=server_timeout)
+            HAPROXY_CFG.format(
+                port=port,
+                servers=servers,
+                server_timeout=server_timeout,
+                retry=HAPROXY_RETRY if retry_on else "",
+            )
         )
         process = subprocess.Popen(
             [binary, "-db", "-f", str(cfg)],
@@ -184,7 +218,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=5)
 
 
-def gateway_config(port: int, upstreams: Sequence[Anvil], *, finality_depth: int = 2) -> str:
+def gateway_config(port: int, upstreams: Sequence[Upstream], *, finality_depth: int = 2) -> str:
     """The issue's smallest config, with WebSocket URLs, on ``port``."""
     lines = [
         "gateway:",
@@ -238,7 +272,7 @@ class GatewayProcess:
 
 @contextlib.contextmanager
 def gateway(
-    upstreams: Sequence[Anvil], *, timeout: float = 30.0, extra_env: dict[str, str] | None = None
+    upstreams: Sequence[Upstream], *, timeout: float = 30.0, extra_env: dict[str, str] | None = None
 ) -> Iterator[GatewayProcess]:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="gwbench-gateway-") as tmp:
