@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -84,28 +84,29 @@ def test_killing_a_node_under_read_load_is_invisible(three: list[Anvil]) -> None
             ("eth_chainId", []),
         ]
 
-        def load(worker: int) -> tuple[int, list[str]]:
+        # A fixed number of reads per worker; every worker pauses after its first ten
+        # until the node is killed (a barrier, not a sleep), so the other fifty of each
+        # certainly run after the kill.
+        before, after = 10, 50
+        killed = threading.Barrier(8, action=three[0].kill, timeout=60)
+
+        def load(worker: int) -> list[str]:
             errors: list[str] = []
-            done = 0
-            stop = time.monotonic() + 2.0
-            while time.monotonic() < stop:
+            for done in range(before + after):
+                if done == before:
+                    killed.wait()
                 method, params = calls[(worker + done) % len(calls)]
                 status, _, reply = gw.post(
                     {"jsonrpc": "2.0", "id": done, "method": method, "params": params}
                 )
                 if status != 200 or "error" in reply or reply.get("result") is None:
                     errors.append(f"{method}: {status} {reply}")
-                done += 1
-            return done, errors
+            return errors
 
         with ThreadPoolExecutor(8) as pool:
             futures = [pool.submit(load, w) for w in range(8)]
-            time.sleep(0.5)
-            three[0].kill()
-            results = [f.result() for f in futures]
-        answered = sum(r[0] for r in results)
-        errors = [e for r in results for e in r[1]]
-        assert answered > 50
+            errors = [e for f in futures for e in f.result()]
+        assert three[0].process.poll() is not None  # the node really died mid-load
         assert errors == []
         wait_until(lambda: not gw.gateway.proxies["local"].upstreams[0].in_rotation, what="n0 out")
 

@@ -220,18 +220,24 @@ def test_submit_many_through_the_worker_refuses_only_the_forgery(
 
 
 def test_flush_cuts_the_block_without_waiting_for_more() -> None:
-    """With a minute of ``max_wait``, only ``flush`` can deliver a short batch now."""
+    """With a minute of ``max_wait``, a lone item waits for company; only ``flush`` can
+    deliver it now, together with whatever arrived meanwhile, as one batch."""
+    batches: list[int] = []
     delivered = threading.Event()
+
+    def deliver(batch: Sequence[Pending]) -> None:
+        batches.append(len(batch))
+        delivered.set()
+
     orderer = InProcessOrderer(max_batch=1000, max_wait=60.0)
-    orderer.start(lambda batch: delivered.set())
+    orderer.start(deliver)
     try:
-        item = Pending(SignedTransaction.parse(_signed_note()))
-        orderer.submit([item])
-        assert not delivered.wait(0.3)  # waits for more, as group commit should
-        orderer.submit([], flush=True)
+        orderer.submit([Pending(SignedTransaction.parse(_signed_note()))])
+        orderer.submit([Pending(SignedTransaction.parse(_signed_note()))], flush=True)
         assert delivered.wait(30)
     finally:
         orderer.stop()
+    assert batches == [2]  # the first waited for the second: one block, not two
 
 
 def _signed_note() -> bytes:
