@@ -124,22 +124,16 @@ class LocalDispatcher:
         prepare_workdir(self.project, workdir, inputs, self.exclude)
         log_path = live_log_path(self.stores, run_id, job.name)
         try:
-            # line-buffered: `pipeline logs` reads it while the job runs
-            with log_path.open("w", encoding="utf-8", errors="replace", buffering=1) as log:
-
-                def output(line: str) -> None:
-                    log.write(line + "\n")
-                    on_output(line)
-
-                outcome = execute_job(
-                    job,
-                    workdir=workdir,
-                    env=env,
-                    secrets=secrets,
-                    on_output=output,
-                    cancel=cancel,
-                    kill_grace=self.kill_grace,
-                )
+            outcome = execute_job(  # `pipeline logs` reads log_path while the job runs
+                job,
+                workdir=workdir,
+                env=env,
+                secrets=secrets,
+                on_output=on_output,
+                cancel=cancel,
+                kill_grace=self.kill_grace,
+                log_file=log_path,
+            )
             self.stores.logs.put_file(log_path)  # re-hashed: the name must match the bytes
             for relpath, digest in outcome.artifacts.items():
                 self.stores.artifacts.put_file(workdir / relpath, digest)

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, BinaryIO, Literal
 
 from opsledger.core import InvalidInput
 from opsledger.pipeline.parsers import JobOutput, Parsed, get_parser
@@ -143,18 +143,29 @@ def collect_artifacts(workdir: Path, patterns: tuple[str, ...]) -> dict[str, str
 
 
 class _Log:
-    """Masks, splits into lines, forwards and hashes the job's output."""
+    """Masks, splits into lines, forwards and hashes the job's output, and appends it to
+    ``file`` (if given) as exactly the bytes the digest covers, a line at a time."""
 
-    def __init__(self, secrets: Mapping[str, str], on_output: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        secrets: Mapping[str, str],
+        on_output: Callable[[str], None],
+        file: BinaryIO | None = None,
+    ) -> None:
         self.secrets = secrets
         self.on_output = on_output
+        self.file = file
         self.digest = hashlib.sha256()
         self.lock = threading.Lock()
 
     def line(self, text: str) -> None:
         masked = mask(text, self.secrets)
+        data = masked.encode("utf-8", "replace") + b"\n"
         with self.lock:
-            self.digest.update(masked.encode("utf-8", "replace") + b"\n")
+            self.digest.update(data)
+            if self.file is not None:
+                self.file.write(data)
+                self.file.flush()  # `pipeline logs` reads it while the job runs
         self.on_output(masked)
 
 
@@ -207,15 +218,42 @@ def execute_job(
     cancel: threading.Event,
     kill_grace: float = 5.0,
     die_with_parent: bool = False,
+    log_file: Path | None = None,
 ) -> JobOutcome:
     """Run ``job``'s steps in ``workdir`` with ``env`` (the whole environment) plus the
     ``secrets`` (name → value; masked in the output). Never raises for a job's own
-    failure: the outcome says what happened.
+    failure: the outcome says what happened. ``log_file`` receives the masked log as
+    it is written, byte for byte what ``log_digest`` covers (the log is never held in
+    memory).
 
     ``die_with_parent`` (Linux): if this process is killed outright (SIGKILL, OOM) while a
     step runs, the step's whole process group is killed too, instead of running on as an
     orphan (a worker's job is redelivered elsewhere; its old copy must not keep going)."""
-    log = _Log(secrets, on_output)
+    with contextlib.ExitStack() as stack:
+        file = stack.enter_context(log_file.open("wb")) if log_file is not None else None
+        return _execute(
+            job,
+            workdir=workdir,
+            env=env,
+            log=_Log(secrets, on_output, file),
+            secrets=secrets,
+            cancel=cancel,
+            kill_grace=kill_grace,
+            die_with_parent=die_with_parent,
+        )
+
+
+def _execute(
+    job: JobDef,
+    *,
+    workdir: Path,
+    env: Mapping[str, str],
+    log: _Log,
+    secrets: Mapping[str, str],
+    cancel: threading.Event,
+    kill_grace: float,
+    die_with_parent: bool,
+) -> JobOutcome:
     full_env = {**env, **secrets}
     started_at = time.time()
     begin = time.monotonic()

@@ -285,21 +285,16 @@ class PipelineJobHandler:
         # the (masked) lines joined by newlines, which is what ``log_digest`` covers.
         log_path = workdir.parent / f"{workdir.name}.log"
         try:
-            with log_path.open("wb") as log:
-
-                def output(line: str) -> None:
-                    log.write(line.encode("utf-8", "replace") + b"\n")  # as execute hashes it
-                    upload.output(line)
-
-                outcome = execute_job(
-                    job,
-                    workdir=workdir,
-                    env=env,
-                    secrets=secrets,
-                    on_output=output,
-                    cancel=cancel,
-                    die_with_parent=True,  # a SIGKILLed worker's job must not run on
-                )
+            outcome = execute_job(
+                job,
+                workdir=workdir,
+                env=env,
+                secrets=secrets,
+                on_output=upload.output,
+                cancel=cancel,
+                die_with_parent=True,  # a SIGKILLed worker's job must not run on
+                log_file=log_path,
+            )
             upload.file(log_path)
         finally:
             log_path.unlink(missing_ok=True)
