@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from opsledger.client.base import LedgerClient, Signer
+from opsledger.client.base import LedgerClient, Signer, resign_past_ledger
 from opsledger.core import OpsledgerError, ReplayRejected, SignedTransaction, Subject
 
 __all__ = ["BackgroundRecorder"]
@@ -89,10 +89,6 @@ class BackgroundRecorder:
         """Records the ledger refused for good (schema, permission): logged, kept here."""
         return list(self._errors)
 
-    def _resign(self, stx: SignedTransaction) -> SignedTransaction:
-        tx = stx.tx
-        return self._signer.sign(tx.type, tx.subject, tx.body, tx.refs)
-
     def _take_batch(self) -> list[SignedTransaction] | None:
         first = self._queue.get()
         if first is None:
@@ -138,10 +134,7 @@ class BackgroundRecorder:
                 # as the node, and so does the contract runner recording verdicts): the
                 # node refused ours as a replay. Re-sign past the ledger's last nonce,
                 # once, as ``submit_signed`` does; dropping them would lose evidence.
-                last = client.actor(self._signer.actor).get("last_nonce")
-                newest = max(batch[i].tx.nonce for i in collided)
-                self._signer.bump_past(max(newest, last if isinstance(last, int) else 0))
-                again = [self._resign(batch[i]) for i in collided]
+                again = resign_past_ledger(client, self._signer, [batch[i] for i in collided])
                 for i, outcome in zip(collided, client.submit_many(again), strict=True):
                     outcomes[i] = outcome
         finally:

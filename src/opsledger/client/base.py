@@ -32,6 +32,7 @@ __all__ = [
     "Signer",
     "TxFilter",
     "all_transactions",
+    "resign_past_ledger",
     "submit_signed",
 ]
 
@@ -188,7 +189,17 @@ def submit_signed(client: LedgerClient, signer: Signer, stx: SignedTransaction) 
     try:
         return client.submit(stx)
     except ReplayRejected:
-        last = client.actor(signer.actor).get("last_nonce")
-        signer.bump_past(max(stx.tx.nonce, last if isinstance(last, int) else 0))
-        tx = stx.tx
-        return client.submit(signer.sign(tx.type, tx.subject, tx.body, tx.refs))
+        (again,) = resign_past_ledger(client, signer, [stx])
+        return client.submit(again)
+
+
+def resign_past_ledger(
+    client: LedgerClient, signer: Signer, refused: Sequence[SignedTransaction]
+) -> list[SignedTransaction]:
+    """The same transactions signed again with nonces past both theirs and the actor's
+    last nonce on the ledger: what to send after the node refused them as replays
+    because another writer for this actor got a later nonce in first."""
+    last = client.actor(signer.actor).get("last_nonce")
+    newest = max((stx.tx.nonce for stx in refused), default=0)
+    signer.bump_past(max(newest, last if isinstance(last, int) else 0))
+    return [signer.sign(s.tx.type, s.tx.subject, s.tx.body, s.tx.refs) for s in refused]
