@@ -589,9 +589,8 @@ def section_growth(report: Report, corpus: Corpus, plan: Plan, root: Path, raw: 
     per_tx = {name: size / biggest.size for name, size in biggest.tables.items()}
     groups = {
         "txs table (leaf + columns)": ["txs"],
-        "tx_id unique index": [n for n in per_tx if n.startswith("sqlite_autoindex_txs")],
-        "5 query indexes (height/type/actor/subject/ts)": [
-            "txs_height",
+        "tx_key index (tx id lookups)": ["txs_key"],
+        "4 query indexes (type/actor/subject/ts)": [
             "txs_type",
             "txs_actor",
             "txs_subject",

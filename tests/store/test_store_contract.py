@@ -250,8 +250,11 @@ def test_refuses_bad_block_and_stores_nothing(
 
 
 def test_constraint_violation_is_translated_once(store: LedgerStore, chain: ChainBuilder) -> None:
+    """A key the database itself refuses (a tree node written twice) surfaces as one
+    ``StorageError`` chained to the driver's own error."""
     chain.extend(store, 2)
-    bad = _with_tx(chain.build(2), 1, tx_id=chain.txs[0].tx_id)
+    good = chain.build(2)
+    bad = dataclasses.replace(good, nodes=[*good.nodes, good.nodes[-1]])
     with pytest.raises(StorageError) as info:
         store.append_block(*bad.args())
     assert isinstance(info.value.__cause__, sqlite3.IntegrityError | psycopg.IntegrityError)
