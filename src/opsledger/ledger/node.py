@@ -58,7 +58,7 @@ from opsledger.core import (
 )
 from opsledger.core.crypto import DOMAIN_TX
 from opsledger.ledger.verify import verify_store
-from opsledger.ordering import InProcessOrderer, Orderer, Pending
+from opsledger.ordering import InProcessOrderer, Orderer, Pending, PendingGroup
 from opsledger.store import BlockRecord, LedgerStore, TxQuery, TxRecord
 
 __all__ = [
@@ -383,9 +383,10 @@ class LedgerNode:
         ``flush``: nothing follows it, so its block need not wait for more."""
         prepared: list[Pending | OpsledgerError] = []
         in_flight: deque[_Chunk] = deque()
+        group = PendingGroup()
         starts = range(0, len(items), chunk)
         for start in starts:
-            in_flight.append(self._start_chunk(items[start : start + chunk]))
+            in_flight.append(self._start_chunk(items[start : start + chunk], group))
             while in_flight and in_flight[0].done():
                 current = in_flight.popleft()
                 last = start == starts[-1] and not in_flight
@@ -393,20 +394,22 @@ class LedgerNode:
         while in_flight:
             current = in_flight.popleft()
             prepared.extend(self._finish_chunk(current, flush=not in_flight))
+        group.seal()
+        group.wait(timeout)
         results: list[Receipt | OpsledgerError] = []
         for p in prepared:
-            if isinstance(p, OpsledgerError):
-                results.append(p)
-                continue
-            try:
-                results.append(p.future.result(timeout))
-            except OpsledgerError as exc:
-                results.append(exc)
-            except FutureTimeout:
+            outcome = p if isinstance(p, OpsledgerError) else p.outcome
+            if isinstance(outcome, Receipt | OpsledgerError):
+                results.append(outcome)
+            elif outcome is None:
                 results.append(StorageError(f"not acknowledged within {timeout:g} s"))
+            else:  # not ours to swallow (a bug, or the commit thread's MemoryError)
+                raise outcome
         return results
 
-    def _start_chunk(self, items: Sequence[bytes | str | SignedTransaction]) -> _Chunk:
+    def _start_chunk(
+        self, items: Sequence[bytes | str | SignedTransaction], group: PendingGroup
+    ) -> _Chunk:
         """Parse ``items`` and start verifying the signatures whose keys are known."""
         prepared: list[Pending | OpsledgerError] = []
         positions: list[int] = []
@@ -418,7 +421,7 @@ class LedgerNode:
             except OpsledgerError as exc:
                 prepared.append(exc)
                 continue
-            prepared.append(Pending(stx))
+            prepared.append(Pending(stx, group=group))
             key = known_key(stx.tx.key_id)
             if key is not None:
                 positions.append(position)
@@ -432,10 +435,14 @@ class LedgerNode:
         prepared = chunk.prepared
         for position, ok in zip(chunk.positions, chunk.verdicts.result(), strict=True):
             item = prepared[position]
-            if ok and isinstance(item, Pending):
+            if not isinstance(item, Pending):
+                continue
+            if ok:
                 item.signature_verified = True
             else:
-                prepared[position] = PermissionDenied("signature does not verify", field="sig")
+                error = PermissionDenied("signature does not verify", field="sig")
+                item.fail(error)  # settles its place in the group
+                prepared[position] = error
         pendings = [p for p in prepared if isinstance(p, Pending)]
         if pendings or flush:
             self._orderer.submit(pendings, flush=flush)
@@ -445,10 +452,10 @@ class LedgerNode:
         accepted: list[Pending] = []
         nonces: dict[str, int] = {}
         for pending in batch:
-            if not pending.future.set_running_or_notify_cancel():
+            if not pending.begin():
                 continue  # the writer gave up before ordering: nothing to write
             if pending.stx.tx.ledger != self.checkpoint_origin:
-                pending.future.set_exception(
+                pending.fail(
                     PermissionDenied(
                         f"transaction is signed for ledger {pending.stx.tx.ledger or 'genesis'!r};"
                         f" this ledger is {self.checkpoint_origin!r}",
@@ -459,12 +466,12 @@ class LedgerNode:
             try:
                 self.registry.check(pending.stx, signature_verified=pending.signature_verified)
             except OpsledgerError as exc:
-                pending.future.set_exception(exc)
+                pending.fail(exc)
                 continue
             try:
                 tokens = [rule.check(pending.stx) for rule in self.rules]
             except OpsledgerError as exc:
-                pending.future.set_exception(exc)
+                pending.fail(exc)
                 continue
             self.registry.apply(pending.stx)
             leaf_index = self._head.log_size + len(accepted)
@@ -495,7 +502,7 @@ class LedgerNode:
                 exc if isinstance(exc, OpsledgerError) else StorageError(f"commit failed: {exc}")
             )
             for pending in accepted:
-                pending.future.set_exception(error)
+                pending.fail(error)
             self._load_state()
             return
         with self._lock:
@@ -506,7 +513,7 @@ class LedgerNode:
         for listener in self._listeners:
             listener(record, tx_records)
         for pending, tx in zip(accepted, tx_records, strict=True):
-            pending.future.set_result(Receipt(tx.tx_id, tx.height, tx.leaf_index))
+            pending.resolve(Receipt(tx.tx_id, tx.height, tx.leaf_index))
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Called in the committer thread after each durable block: keep it quick (queue

@@ -87,5 +87,5 @@ class InProcessOrderer:
                 self._deliver(batch)
             except BaseException as exc:  # a failed block fails its writers, not the thread
                 for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+                    if not item.done():
+                        item.fail(exc)
