@@ -199,3 +199,17 @@ def test_roles_are_ledger_data() -> None:
     )
     with pytest.raises(InvalidInput):
         registry.check(make_tx("identity.role_defined", {"role": "admin", "types": []}, nonce=4))
+
+
+def test_redefining_a_role_changes_what_its_actors_may_write_at_once() -> None:
+    """``may_write`` remembers its answers; a role definition must not leave them stale."""
+    registry = _genesis()
+    registry.admit(make_tx("identity.role_defined", {"role": "qa", "types": ["note"]}, nonce=2))
+    _add(registry, "tester", ["qa"], 3)
+    tester = registry.actor("tester")
+    assert not registry.may_write(tester, "test.finished")
+    registry.admit(make_tx("identity.role_defined", {"role": "qa", "types": ["test.*"]}, nonce=4))
+    assert registry.may_write(tester, "test.finished")
+    registry.admit(make_tx("identity.role_defined", {"role": "qa", "types": ["build.*"]}, nonce=5))
+    assert not registry.may_write(tester, "test.finished")
+    assert registry.may_write(tester, "build.finished")

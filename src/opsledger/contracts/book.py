@@ -84,6 +84,10 @@ class ContractBook:
                 result.append(deployment)
         return result
 
+    def newest_leaf(self) -> int:
+        """The leaf index of the latest deployment, -1 when there is none."""
+        return max((d.leaf_index for ds in self._by_name.values() for d in ds), default=-1)
+
     def all(self) -> list[Deployment]:
         return [d for name in sorted(self._by_name) for d in self._by_name[name]]
 

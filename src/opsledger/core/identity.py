@@ -84,6 +84,9 @@ class Registry:
         self.actors: dict[str, Actor] = {}
         self.roles: dict[str, tuple[str, ...]] = dict(DEFAULT_ROLES)
         self._keys: dict[str, PublicKey] = {}  # every key ever added, by key_id
+        # may_write's answers by (roles, type): matching glob patterns for every admitted
+        # transaction was ~3% of the commit thread. Only a role definition changes them.
+        self._may_write: dict[tuple[tuple[str, ...], str], bool] = {}
 
     # -- lookups --
     def known_key(self, key_id: str) -> PublicKey | None:
@@ -97,9 +100,16 @@ class Registry:
         return found
 
     def may_write(self, actor: Actor, tx_type: str) -> bool:
+        key = (actor.roles, tx_type)
+        allowed = self._may_write.get(key)
+        if allowed is None:
+            allowed = self._may_write[key] = self._roles_allow(actor.roles, tx_type)
+        return allowed
+
+    def _roles_allow(self, roles: tuple[str, ...], tx_type: str) -> bool:
         if tx_type in OPEN_TYPES:
             return True
-        for role in actor.roles:
+        for role in roles:
             for pattern in self.roles.get(role, ()):
                 if pattern == tx_type or fnmatch.fnmatchcase(tx_type, pattern):
                     return True
@@ -205,6 +215,7 @@ class Registry:
             state.active, state.retired_by = False, "revoked"
         elif tx.type == "identity.role_defined":
             self.roles[body["role"]] = tuple(body["types"])
+            self._may_write.clear()
         self.actors[tx.actor].last_nonce = tx.nonce
 
     # -- genesis --

@@ -56,6 +56,14 @@ _WRITER_CACHE_KIB = 64 * 1024
 memory across blocks (SQLite's default of 2 MiB was exceeded at ~30,000 transactions, and
 every block then re-read its index pages from the OS). Allocated only as used."""
 
+_CHECKPOINT_PAGES = 8192
+"""WAL size (pages, 32 MiB at 4 KiB) that triggers a checkpoint at commit; SQLite's default
+is 1000. A checkpoint copies every distinct page in the WAL back into the database, and a
+growing ledger dirties the same index pages block after block, so a longer WAL copies each
+of them once instead of many times: replaying the 50,000-tx bench blocks here, store CPU
+per tx fell from ~28 to ~22 µs. The price is an occasional longer commit (the checkpoint
+itself) and up to this much WAL on disk."""
+
 _KEY_PROBE = 500
 """tx keys looked up per statement by ``append_block``'s uniqueness check."""
 
@@ -296,6 +304,7 @@ class SqliteStore:
                         path=str(self._path),
                     )
                 conn.execute(f"PRAGMA cache_size = {-_WRITER_CACHE_KIB:d}")
+                conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES:d}")
             except BaseException:
                 conn.close()
                 raise
