@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import sqlite3
 import threading
@@ -371,6 +372,10 @@ class SqliteStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 if version == 1:
+                    logging.getLogger(__name__).warning(
+                        "upgrading %s to storage schema 2, once (about 2 s per 100,000 txs)",
+                        self._path,
+                    )
                     _migrate_1_to_2(conn)
                 for statement in _SCHEMA:
                     conn.execute(statement)
