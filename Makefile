@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # anvil (a real local EVM node) for the gateway, indexer and pipeline tests, pinned in
-# package.json and package-lock.json.
+# package.json and package-lock.json; `npm ci` installs exactly the lock and never rewrites it.
 $(NODE_STAMP): package.json package-lock.json
 	@command -v npm >/dev/null || { echo "error: npm is needed to install anvil"; exit 2; }
-	npm install --no-audit --no-fund --loglevel=error
+	npm ci --no-audit --no-fund --loglevel=error
 	@test -x node_modules/.bin/anvil || { echo "error: anvil did not install"; exit 2; }
 	@touch $(NODE_STAMP)
 
