@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from opsledger.client.base import Signer
 from opsledger.core import PrivateKey, SignedTransaction, Subject
 from opsledger.core.crypto import DOMAIN_TX, VerifyItem
-from opsledger.ledger import LedgerNode
+from opsledger.ledger import LedgerNode, sigpool
 from opsledger.ledger.sigpool import ProcessSignatureChecker, verifier_pids
 from opsledger.ordering import InProcessOrderer, Pending
 from opsledger.store import SqliteStore
@@ -56,6 +57,26 @@ def test_a_killed_worker_costs_no_verdict() -> None:
         verdicts = checker.verify_many(items)
         assert [i for i, ok in enumerate(verdicts) if not ok] == [7]
     assert verifier_pids() and verifier_pids() != [pid]
+
+
+def test_a_stopped_worker_is_killed_and_its_batch_verified_here(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGSTOP (or a wedged worker): requests wait with no reply. The watchdog kills the
+    worker after the stall limit and the batch is verified in this process."""
+    checker = ProcessSignatureChecker(min_batch=8)
+    items = _items(64, bad=[5])
+    assert checker.verify_many(items).count(False) == 1  # a worker is up
+    monkeypatch.setattr(sigpool, "_STALL_SECONDS", 0.2)
+    (pid,) = verifier_pids()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        verdicts = checker.start(items).result(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    assert [i for i, ok in enumerate(verdicts) if not ok] == [5]
+    assert pid not in verifier_pids()
 
 
 def test_the_worker_runs_under_any_main_module(tmp_path: Path) -> None:

@@ -56,6 +56,10 @@ _WORKER = Path(__file__).with_name("sigworker.py")
 _ENV_KEPT = ("PATH", "LD_LIBRARY_PATH", "SYSTEMROOT", "LANG", "LC_ALL")
 _FAILED_STARTS_BEFORE_PAUSE = 3
 _PAUSE_SECONDS = 60.0
+_STALL_SECONDS = 30.0
+"""A worker with requests waiting and no reply for this long is killed, and its batches
+are verified here: a stopped (SIGSTOP) or wedged worker must not hold every writer of
+the node forever. A 2,000-signature frame takes ~0.1 s, so this is a 300-fold margin."""
 
 
 class WorkerGone(RuntimeError):
@@ -138,7 +142,10 @@ class _Worker:
         self._state = threading.Lock()
         self._requests_open = True
         self.alive = True
+        self._progress = time.monotonic()  # the last reply, or the first request since
+        self._closed = threading.Event()
         threading.Thread(target=self._read_replies, name="sigworker-reader", daemon=True).start()
+        threading.Thread(target=self._watch, name="sigworker-watchdog", daemon=True).start()
 
     def submit(self, items: Sequence[VerifyItem]) -> Future[list[bool]]:
         body = _body(items)
@@ -149,6 +156,8 @@ class _Worker:
                     raise WorkerGone("the verifier process has exited")
                 self._seq = (self._seq + 1) & 0xFFFFFFFF
                 seq = self._seq
+                if not self._waiting:
+                    self._progress = time.monotonic()
                 self._waiting.append((seq, len(items), future))
             try:
                 _write_all(self._requests, HEAD.pack(seq, len(items)) + body)
@@ -174,6 +183,7 @@ class _Worker:
                     self.process.kill()
                     break
                 self.answered += 1
+                self._progress = time.monotonic()
                 expected[2].set_result([byte == 1 for byte in body])
         except OSError:
             pass
@@ -187,8 +197,29 @@ class _Worker:
             os.close(self._replies)
             self.close()
 
+    def _watch(self) -> None:
+        """Kill a worker that keeps requests waiting without answering (see
+        ``_STALL_SECONDS``); the reader then sees its output end and fails what waits,
+        which the checker verifies in this process."""
+        period = min(1.0, _STALL_SECONDS / 4)
+        while not self._closed.wait(period):
+            with self._state:
+                stalled = bool(self._waiting) and (
+                    time.monotonic() - self._progress > _STALL_SECONDS
+                )
+            if stalled:
+                _log.error(
+                    "signature verifier process %d answered nothing for %.0f s; killing it",
+                    self.process.pid,
+                    _STALL_SECONDS,
+                )
+                with contextlib.suppress(OSError):
+                    self.process.kill()
+                return
+
     def close(self, timeout: float = 5.0) -> None:
         """End the worker (EOF on its input) and reap it; kill it if it does not go."""
+        self._closed.set()
         if self._write.acquire(timeout=timeout):
             try:
                 if self._requests_open:
