@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from opsledger.api import create_app
+from opsledger.api import create_app, routes
 from opsledger.app import Home
 from opsledger.client.base import LedgerClient, Signer
 from opsledger.client.local import LocalClient
@@ -161,17 +161,29 @@ def test_time_filters(api: TestClient, signer: Signer, make_note: MakeNote) -> N
     assert until["items"] == []
 
 
+@pytest.mark.parametrize(
+    ("junk", "canonical"),
+    [(b'{"not": "a transaction"}', False), (b'{"not":"a transaction"}', True)],
+    ids=["strict-parser", "canonical-items"],
+)
 def test_batch_answers_each_item_in_order(
-    api: TestClient, signer: Signer, make_note: MakeNote
+    api: TestClient,
+    signer: Signer,
+    make_note: MakeNote,
+    monkeypatch: pytest.MonkeyPatch,
+    junk: bytes,
+    canonical: bool,
 ) -> None:
+    """A batch of canonical items goes to the node as bytes (its fast, pipelined path);
+    any other goes through the strict parser first. The answers are the same."""
     good = [make_note(signer, f"b{i}") for i in range(3)]
-    body = (
-        b"["
-        + b",".join(
-            [good[0].leaf, b'{"not": "a transaction"}', good[1].leaf, good[0].leaf, good[2].leaf]
-        )
-        + b"]"
-    )
+    body = b"[" + b",".join([good[0].leaf, junk, good[1].leaf, good[0].leaf, good[2].leaf]) + b"]"
+    if canonical:
+
+        def strict_parser_not_used(raw: bytes) -> None:
+            raise AssertionError("a canonical batch took the strict parser")
+
+        monkeypatch.setattr(routes, "_parse_batch", strict_parser_not_used)
     response = api.post("/api/v1/transactions/batch", content=body)
     assert response.status_code == 200
     results = response.json()["results"]
