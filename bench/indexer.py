@@ -8,6 +8,11 @@ on one generated chain, in one run. Nothing is asserted; read the ratios.
 Backfill: each indexer reads the whole chain through a counting JSON-RPC proxy (so RPC
 calls are counted the same way for all) and is timed from process start until its rows
 are complete; the rows are then compared with the node's own logs (``exact``).
+opsledger runs ``--repeats`` times, each run right after a floor sample (one
+``eth_getLogs`` of every log, straight to the node), so both see the same load; both
+figures are medians, and every sample is listed in the notes. A row under the floor
+gives the node's own share of it: the same request timed to the reply's last byte,
+without the client's JSON parse.
 Reorg: each indexer that can follow is started on a fresh copy of the chain, catches up,
 sees ``--live-blocks`` new blocks, then anvil replaces the last ``--reorg-depth`` blocks
 with different transactions (``anvil_reorg``); the figure is the time from the reorg
@@ -20,10 +25,12 @@ Run it as a script: it imports its sibling package ``indexer_peers``.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -31,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from indexer_peers import opsledger_run
 from indexer_peers.chain import (
@@ -73,6 +81,7 @@ class Figure:
     reorg_exact_after: float | None = None
     note: str = ""
     methods: dict[str, int] = field(default_factory=dict)
+    samples: list[float] = field(default_factory=list)  # wall times when repeated
 
     @property
     def events_per_second(self) -> float | None:
@@ -108,38 +117,97 @@ def as_rows(logs: list[dict[str, Any]]) -> set[Row]:
     }
 
 
-def measure_floor(url: str, info: ChainInfo, repeats: int = 3) -> Figure:
-    """The node alone: every log of both contracts in one ``eth_getLogs`` (best of N)."""
-    times = []
-    count = 0
-    for _ in range(repeats):
-        started = time.perf_counter()
-        count = len(logs_between(url, info, info.deploy_block, info.head))
-        times.append(time.perf_counter() - started)
-    return Figure(
+def floor_sample(url: str, info: ChainInfo) -> tuple[float, int]:
+    """One floor sample: every log of both contracts in one ``eth_getLogs`` straight to
+    the node, as a Python client gets them (request, reply, JSON parsed): seconds, logs."""
+    started = time.perf_counter()
+    count = len(logs_between(url, info, info.deploy_block, info.head))
+    return time.perf_counter() - started, count
+
+
+def bytes_sample(url: str, info: ChainInfo) -> float:
+    """The same request, timed until the reply's last byte arrives (nothing parsed): the
+    node's own share of the floor, for reference (a Python client's JSON parse of the
+    15 MB reply is ~0.1 s of the floor on these machines)."""
+    parts = urlsplit(url)
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "eth_getLogs",
+            "params": [
+                {
+                    "address": [info.nft, info.token],
+                    "fromBlock": hex(info.deploy_block),
+                    "toBlock": hex(info.head),
+                }
+            ],
+        }
+    ).encode()
+    started = time.perf_counter()
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=300)
+    try:
+        conn.request("POST", parts.path or "/", body, {"Content-Type": "application/json"})
+        reply = conn.getresponse()
+        raw = reply.read()
+    finally:
+        conn.close()
+    elapsed = time.perf_counter() - started
+    if reply.status != 200 or b'"result"' not in raw[:200]:
+        raise RuntimeError(f"eth_getLogs: HTTP {reply.status} {raw[:200]!r}")
+    return elapsed
+
+
+def _samples(times: list[float]) -> str:
+    return ", ".join(f"{t:.2f}" for t in times) + " s"
+
+
+def floor_figures(
+    info: ChainInfo, floors: list[tuple[float, int]], raw: list[float]
+) -> tuple[Figure, Figure]:
+    """The floor and the node's bytes-only time: each the median of its samples."""
+    times = [t for t, _ in floors]
+    counts = {c for _, c in floors}
+    floor = Figure(
         "node eth_getLogs (floor)",
-        wall=min(times),
-        events=count,
+        wall=statistics.median(times),
+        events=max(counts),
         requests=1,
         calls=1,
-        exact=count == info.events,
-        note=f"best of {repeats}: " + ", ".join(f"{t:.2f}" for t in times) + " s",
+        exact=counts == {info.events},
+        note=f"median of {len(times)}: {_samples(times)}",
+        samples=times,
     )
+    node = Figure(
+        "  of which node, bytes only",
+        wall=statistics.median(raw),
+        requests=1,
+        calls=1,
+        note=f"median of {len(raw)}: {_samples(raw)}",
+        samples=raw,
+    )
+    return floor, node
 
 
-def startup_seconds() -> float:
-    """How long ``opsledger --help`` takes: the CLI's fixed cost inside its wall time
-    (after ``warm_up``, so with bytecode cached unless ``--no-bytecode-cache``)."""
+def startup_seconds(work: Path, repeats: int = 5) -> float:
+    """The CLI's fixed cost inside opsledger's wall time: ``opsledger index --config
+    <missing file> --once`` imports and parses what a real run does, then stops at the
+    config error (median of ``repeats``; after ``warm_up``, so with bytecode cached
+    unless ``--no-bytecode-cache``)."""
     opsledger_run.warm_up()
-    started = time.perf_counter()
-    subprocess.run(
-        [*opsledger_run.OPSLEDGER, "--help"],
-        capture_output=True,
-        check=False,
-        cwd=ROOT,
-        env=opsledger_run.cli_env(),
-    )
-    return time.perf_counter() - started
+    missing = work / "no-such-indexer.yaml"
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run(
+            [*opsledger_run.OPSLEDGER, "index", "--config", str(missing), "--once"],
+            capture_output=True,
+            check=False,
+            cwd=ROOT,
+            env=opsledger_run.cli_env(),
+        )
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 # -- backfill runs -------------------------------------------------------------------------
@@ -167,12 +235,16 @@ def counted(
     return figure
 
 
-def opsledger_once(proxy: RpcProxy, info: ChainInfo, work: Path, truth: set[Row]) -> Figure:
+def opsledger_once(
+    proxy: RpcProxy, info: ChainInfo, work: Path, truth: set[Row], figure: Figure
+) -> float | None:
+    """One ``opsledger index --once`` from scratch into ``figure`` (its counts and
+    exactness are this run's; ``figure.wall`` is set by the caller from every run)."""
     folder = work / "opsledger-once"
     shutil.rmtree(folder, ignore_errors=True)
     config = opsledger_run.write_config(folder, proxy.url, info.nft, info.token, info.deploy_block)
-    figure = Figure("opsledger index --once")
     reported: list[int | None] = []
+    exact_before = figure.exact
 
     def run() -> tuple[float, set[Row]]:
         wall, stderr = opsledger_run.run_once(config)
@@ -182,7 +254,9 @@ def opsledger_once(proxy: RpcProxy, info: ChainInfo, work: Path, truth: set[Row]
     counted(proxy, figure, run, truth)
     if reported and reported[0] is not None and reported[0] != figure.calls:
         figure.note = f"it reports {reported[0]} calls"
-    return figure
+    if exact_before is False:
+        figure.exact = False  # one inexact run makes the figure inexact
+    return figure.wall
 
 
 def ponder_once(
@@ -329,7 +403,13 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-".rjust(width) if value is None else format(value, spec)
 
 
-def report(figures: list[Figure], floor: Figure, startup: float, cached: bool = True) -> str:
+def report(
+    figures: list[Figure],
+    floor: Figure,
+    startup: float,
+    cached: bool = True,
+    node_bytes: Figure | None = None,
+) -> str:
     base = next((f for f in figures if f.name.startswith("subsquid") and f.wall), None)
     header = (
         f"{'indexer':<26} {'wall s':>8} {'events':>7} {'events/s':>9} {'HTTP req':>8} "
@@ -337,7 +417,7 @@ def report(figures: list[Figure], floor: Figure, startup: float, cached: bool = 
         f"{'reorg s':>8}  note"
     )
     lines = [header, "-" * len(header)]
-    for f in [floor, *figures]:
+    for f in [floor, *([node_bytes] if node_bytes else []), *figures]:
         x_floor = f.wall / floor.wall if f.wall and floor.wall else None
         x_sqd = f.wall / base.wall if f.wall and base and base.wall else None
         x_calls = f.calls / base.calls if f.calls and base and base.calls else None
@@ -355,6 +435,17 @@ def report(figures: list[Figure], floor: Figure, startup: float, cached: bool = 
         + ("bytecode cached" if cached else "modules recompiled at each start")
         + "; ratios: x floor = wall / floor wall, x sqd = against Subsquid)"
     )
+    ours = next((f for f in figures if f.name.startswith("opsledger") and f.wall), None)
+    if ours is not None and ours.samples and floor.samples:
+        lines.append(
+            f"(best runs only: opsledger {min(ours.samples):.2f} s / floor "
+            f"{min(floor.samples):.2f} s = {min(ours.samples) / min(floor.samples):.1f}x)"
+        )
+    if ours is not None and ours.wall and node_bytes is not None and node_bytes.wall:
+        lines.append(
+            f"(against the node's bytes-only time, without the floor's JSON parse: "
+            f"opsledger {ours.wall / node_bytes.wall:.1f}x)"
+        )
     return "\n".join(lines)
 
 
@@ -381,6 +472,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2,000 events; opsledger + floor")
     parser.add_argument(
         "--skip", action="append", default=[], choices=["etl", "subsquid", "ponder", "reorg"]
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="opsledger backfills and floor samples, taken in turn; figures are medians",
     )
     parser.add_argument("--reorg-depth", type=int, default=8)
     parser.add_argument("--live-blocks", type=int, default=12)
@@ -416,11 +513,28 @@ def main(argv: list[str] | None = None) -> int:
     node = start_node(info)
     try:
         truth = as_rows(logs_between(node.url, info, info.deploy_block, info.head))
-        floor = measure_floor(node.url, info)
-        startup = startup_seconds()
+        startup = startup_seconds(work)
         with RpcProxy(node.url) as proxy:
-            log("opsledger: backfill ...")
-            figures.append(opsledger_once(proxy, info, work, truth))
+            # The floor and opsledger are sampled in turn, so both see the same load, and
+            # each figure is the median of its samples (the same statistic on both sides).
+            log(f"opsledger: backfill, {args.repeats} runs, each beside a floor sample ...")
+            ours = Figure("opsledger index --once")
+            floors: list[tuple[float, int]] = []
+            raw: list[float] = []
+            walls: list[float] = []
+            for _ in range(args.repeats):
+                floors.append(floor_sample(node.url, info))
+                raw.append(bytes_sample(node.url, info))
+                wall = opsledger_once(proxy, info, work, truth, ours)
+                if wall is None:
+                    break
+                walls.append(wall)
+            floor, node_bytes = floor_figures(info, floors, raw)
+            if walls:
+                ours.wall = statistics.median(walls)
+                ours.samples = walls
+                ours.note = (ours.note + f" median of {len(walls)}: {_samples(walls)}").strip()
+            figures.append(ours)
             if "subsquid" not in skip:
                 log("subsquid: backfill ...")
                 figure = Figure("subsquid (evm-processor)")
@@ -537,13 +651,14 @@ def main(argv: list[str] | None = None) -> int:
         f"chain: {info.events} events over {info.head - info.deploy_block + 1} blocks; "
         f"reorg depth {args.reorg_depth} after {args.live_blocks} live blocks"
     )
-    print(report(figures, floor, startup, opsledger_run.PYCACHE is not None))
+    print(report(figures, floor, startup, opsledger_run.PYCACHE is not None, node_bytes))
     if args.json:
         args.json.write_text(
             json.dumps(
                 {
                     "chain": asdict(info),
                     "floor": asdict(floor),
+                    "node_bytes": asdict(node_bytes),
                     "startup": startup,
                     "figures": [asdict(f) for f in figures],
                 },

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,3 +129,22 @@ def ledger(ledger_template: Ledger, tmp_path: Path) -> Ledger:
         .replace(str(ledger_template.path.resolve()), str(dest.resolve()))
     )
     return Ledger(dest, ledger_template.tx_heights, ledger_template.genesis)
+
+
+def loaded_after(code: str, names: tuple[str, ...]) -> list[str]:
+    """Which of ``names`` a fresh interpreter has imported after running ``code``."""
+    probe = (
+        f"import json, sys\n{code}\nimport json, sys\nprint(json.dumps([n for n in {names!r} if n in sys.modules]))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSLEDGER_")}
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    found: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found

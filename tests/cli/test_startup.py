@@ -9,10 +9,6 @@ the real modules, so it cannot drift silently.
 from __future__ import annotations
 
 import inspect
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +27,10 @@ from opsledger.cli.main import (
     root,
 )
 
+from .conftest import loaded_after
+
 # Libraries only some commands need; none may load for help or a read-only query.
 HEAVY = ("nats", "web3", "eth_abi", "strawberry", "uvicorn", "fastapi")
-
-PROBE = """
-import json, sys
-{setup}
-print(json.dumps(sorted(name for name in {heavy!r} if name in sys.modules)))
-"""
 
 RUN_CLI = """
 from opsledger.cli.main import app
@@ -51,18 +43,7 @@ except SystemExit as exc:
 
 def heavy_imported(setup: str) -> list[str]:
     """The heavy libraries a fresh interpreter has loaded after running ``setup``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSLEDGER_")}
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE.format(setup=setup, heavy=HEAVY)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    loaded: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
-    return loaded
+    return loaded_after(setup, HEAVY)
 
 
 def test_importing_the_cli_loads_no_command_module() -> None:
@@ -85,7 +66,8 @@ def test_help_loads_nothing_heavy(argv: list[str]) -> None:
 def test_root_help_imports_no_command_module() -> None:
     setup = RUN_CLI.format(argv=["--help"]) + (
         "\nloaded = [m for m in sys.modules if m.startswith('opsledger.cli.')]"
-        "\nassert sorted(loaded) == ['opsledger.cli._state', 'opsledger.cli.main'], loaded"
+        "\nassert sorted(loaded) == ['opsledger.cli._coerce', 'opsledger.cli._state',"
+        " 'opsledger.cli.main'], loaded"
     )
     assert heavy_imported(setup) == []
 

@@ -209,3 +209,41 @@ def test_an_unreachable_node_is_one_line(tmp_path: Path) -> None:
     result = cli("index", "--config", str(config), "--once")
     assert result.returncode == 1, result.stderr
     assert "chain local" in result.stderr and "Traceback" not in result.stderr
+
+
+# Start-up: ``opsledger index --once`` without a home neither converts its options through
+# pydantic nor loads signing code (tests/cli/test_startup_coercion.py has the details).
+NOT_NEEDED = ("pydantic", "nacl", "cryptography", "opsledger.core.crypto", "opsledger.core.tx")
+
+ONCE_PROBE = """
+import json, sys
+from opsledger.cli.main import app
+try:
+    app(["index", "--config", {config!r}, "--once"], prog_name="opsledger")
+except SystemExit as exc:
+    assert exc.code in (0, None), exc.code
+print(json.dumps([name for name in {names!r} if name in sys.modules]))
+"""
+
+
+def test_index_once_loads_neither_pydantic_nor_signing(chain: Chain, tmp_path: Path) -> None:
+    nft = NftState(chain.deploy("nft"))
+    nft_mint(chain, nft, chain.accounts[1], 10)
+    chain.node.mine(3)
+    config = smallest_config(tmp_path / "indexer.yaml", chain.node.url, nft.address)
+    done = subprocess.run(
+        [sys.executable, "-c", ONCE_PROBE.format(config=str(config), names=NOT_NEEDED)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("OPSLEDGER_")},
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+    store = Store.open(f"sqlite:///{tmp_path / 'index.db'}")
+    try:
+        assert_exact(chain, store, nft.address, None, depth=5)
+        assert store.count("nft_transfer") == 10
+    finally:
+        store.close()

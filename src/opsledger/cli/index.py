@@ -77,11 +77,13 @@ def index(
     home = state.home if _home_given(ctx) else None
     loaded = load_indexer_config(config, home)
     recorder = indexer_recorder(home)
+    # Chain names are the user's data, never Rich markup or emoji codes (which would
+    # also import Rich's 3 ms emoji table at every run).
     with Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[events]} events"),
+        TextColumn("{task.fields[events]} events", markup=False),
         TimeElapsedColumn(),
         console=state.err,
         transient=False,
@@ -100,7 +102,9 @@ def index(
     for chain, rpc in service.rpcs.items():
         state.err.print(
             f"{chain}: {rpc.stats.calls} RPC calls, {rpc.stats.errors} errors, "
-            f"{sum(1 for r in service.reorgs if r.chain == chain)} reorgs"
+            f"{sum(1 for r in service.reorgs if r.chain == chain)} reorgs",
+            markup=False,
+            emoji=False,
         )
 
 

@@ -18,7 +18,9 @@ Command modules load lazily: importing every one of them (and through them NATS,
 uvicorn, strawberry...) cost 1.5-8 s per invocation before any work. The root group
 knows each command's name, module and one-line help (``COMMANDS``) and imports a module
 only when one of its commands runs; the root ``--help`` is drawn from that table, which
-``tests/cli/test_startup.py`` checks against the real modules.
+``tests/cli/test_startup.py`` checks against the real modules. Every command's options
+get ``_coerce``'s conversion, which imports pydantic (typer's way, ~70 ms) only for a
+value that needs it: never for the ``str``, ``Path`` and flag options most commands use.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import typer.main
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
+from opsledger.cli import _coerce
 from opsledger.cli._state import Consoles, State
 from opsledger.core import (
     ConfigError,
@@ -164,6 +167,8 @@ def load_module_commands(module: str) -> dict[str, Any]:
     registry = typer.Typer()
     importlib.import_module(f"opsledger.cli.{module}").register(registry)
     group = typer.main.get_group(registry)
+    for command in group.commands.values():
+        _coerce.install(command)  # pydantic only when a value needs it (see _coerce)
     return dict(group.commands)
 
 
@@ -196,6 +201,7 @@ class OpsledgerGroup(TyperGroup):
         self._loaded: dict[str, dict[str, Any]] = {}
         self._in_help = False
         super().__init__(*args, **kwargs)
+        _coerce.install(self, subcommands=False)  # the root's own options, likewise
 
     @property
     def commands(self) -> MutableMapping[str, Any]:

@@ -9,21 +9,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from opsledger.core import (
-    Clock,
-    OpsledgerError,
-    PrivateKey,
-    Receipt,
-    ReplayRejected,
-    SignedTransaction,
-    Subject,
-    SystemClock,
-    Transaction,
-    format_ts,
-    sign_transaction,
-)
+from opsledger.core import Clock, OpsledgerError, ReplayRejected, SystemClock
+
+if TYPE_CHECKING:
+    # The transaction models and Ed25519 load when something signs (``Signer``), not when
+    # a service imports the ``Recorder`` protocol: ``opsledger index --once`` without a
+    # home signs nothing, and importing them cost ~30 ms of its start-up.
+    from opsledger.core import PrivateKey, Receipt, SignedTransaction, Subject
 
 __all__ = [
     "LedgerClient",
@@ -164,6 +158,8 @@ class Signer:
         body: dict[str, Any],
         refs: Sequence[str] = (),
     ) -> SignedTransaction:
+        from opsledger.core import Transaction, format_ts, sign_transaction
+
         tx = Transaction(
             type=tx_type,
             actor=self.actor,
