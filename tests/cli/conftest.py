@@ -133,9 +133,8 @@ def ledger(ledger_template: Ledger, tmp_path: Path) -> Ledger:
 
 def loaded_after(code: str, names: tuple[str, ...]) -> list[str]:
     """Which of ``names`` a fresh interpreter has imported after running ``code``."""
-    probe = (
-        f"import json, sys\n{code}\nimport json, sys\nprint(json.dumps([n for n in {names!r} if n in sys.modules]))"
-    )
+    report = f"print(json.dumps([n for n in {names!r} if n in sys.modules]))"
+    probe = f"import json, sys\n{code}\nimport json, sys\n{report}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSLEDGER_")}
     done = subprocess.run(
         [sys.executable, "-c", probe],
