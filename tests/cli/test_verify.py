@@ -187,3 +187,82 @@ def test_block_bytes_must_be_canonical(ledger: Ledger) -> None:
     _update(db, "UPDATE blocks SET data = ? WHERE height = 2", data.replace(b":", b": ", 1))
     message = fails(ledger.path, "verify", code=1)
     assert message == "verification failed: block 2: block bytes are not canonical"
+
+
+# -- what the signed bytes do not cover: the store's own derived data ------------------
+
+
+def test_a_wrong_lookup_key_is_found(ledger: Ledger) -> None:
+    """``tx_key`` finds a transaction by id; a wrong one would hide it from ``show``."""
+    (tx_id,) = _rows(_db(ledger), "SELECT tx_id FROM txs WHERE leaf_index = 6")[0]
+    _update(_db(ledger), "UPDATE txs SET tx_key = tx_key + 1 WHERE leaf_index = 6")
+    message = fails(ledger.path, "verify", code=1)
+    assert "wrong lookup key" in message and tx_id in message
+
+
+def test_a_transaction_past_the_head_is_found(ledger: Ledger) -> None:
+    db = _db(ledger)
+    _update(
+        db,
+        "INSERT INTO txs (leaf_index, tx_id, tx_key, height, type, actor, subject_kind, "
+        "subject_id, ts, nonce, leaf) SELECT 108, tx_id || 'x', tx_key, height, type, actor, "
+        "subject_kind, subject_id, ts, nonce, leaf FROM txs WHERE leaf_index = 5",
+    )
+    message = fails(ledger.path, "verify", code=1)
+    assert message.startswith("verification failed: block 4: the store holds transactions past")
+
+
+def test_a_lowered_nonce_is_found(ledger: Ledger) -> None:
+    """Admission reads the stored last nonces: a lowered one would admit a replay."""
+    (actor, nonce) = _rows(_db(ledger), "SELECT actor, last_nonce FROM nonces LIMIT 1")[0]
+    _update(_db(ledger), "UPDATE nonces SET last_nonce = 1 WHERE actor = ?", actor)
+    message = fails(ledger.path, "verify", code=1)
+    assert f"last nonce of actor {actor!r} is 1; the ledger says {nonce}" in message
+
+
+def test_a_wrong_tree_node_is_found(ledger: Ledger) -> None:
+    """Proofs are built from the stored tree nodes: a wrong one is found by verify, not
+    only when someone asks for a proof."""
+    _update(_db(ledger), "UPDATE nodes SET hash = zeroblob(32) WHERE level = 1 AND idx = 3")
+    message = fails(ledger.path, "verify", code=1)
+    assert "stored Merkle tree node (level 1, index 3)" in message
+
+
+def test_a_missing_block_at_the_head_is_found(ledger: Ledger) -> None:
+    """A walk that ends early (a damaged or deleted block) must not pass as a shorter
+    ledger."""
+    db = _db(ledger)
+    _update(db, "PRAGMA foreign_keys = OFF")
+    con = sqlite3.connect(db)
+    try:
+        con.execute("DELETE FROM blocks WHERE height = 2")  # foreign keys off by default
+        con.commit()
+    finally:
+        con.close()
+    message = fails(ledger.path, "verify", code=1)
+    assert message.startswith("verification failed: block 2:")
+
+
+def test_a_malformed_block_row_is_one_clear_line(ledger: Ledger) -> None:
+    _update(_db(ledger), "UPDATE blocks SET log_size = 'x' WHERE height = 3")
+    message = fails(ledger.path, "verify", code=1)
+    assert message.startswith("verification failed: block 3: stored data is malformed")
+
+
+def test_a_damaged_index_page_is_found(ledger: Ledger) -> None:
+    """A page that no read of verify touches (a query index) is still checked."""
+    db = _db(ledger)
+    con = sqlite3.connect(db)
+    try:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (page_size,) = con.execute("PRAGMA page_size").fetchone()
+        (root,) = con.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'txs_type'"
+        ).fetchone()
+    finally:
+        con.close()
+    with db.open("r+b") as f:  # scribble over the index's cells, kept at the page's end
+        f.seek(root * page_size - 512)
+        f.write(bytes(range(256)) * 2)
+    message = fails(ledger.path, "verify", code=1)
+    assert "the database file is damaged" in message

@@ -91,6 +91,9 @@ class LedgerVerifier:
         self._fork_height = fork_height
         self.registry = Registry()
         self._range = CompactRange.empty()
+        # The tree nodes the last added block completed, (level, index, hash): what a
+        # node stores for that block, so a store's copy can be checked against them.
+        self.last_nodes: list[tuple[int, int, bytes]] = []
         self._height = -1
         self._prev_hash = GENESIS_PREV_HASH
         self._prev_time = ""
@@ -197,7 +200,7 @@ class LedgerVerifier:
         if prepared is None or prepared.leaves is not leaves:
             prepared = self.prepare(leaves)
         parsed = self._admit_all(height, prepared, ids)
-        self._range.extend(hashes)
+        self.last_nodes = self._range.extend(hashes)
         if header.log_size != self._range.size:
             raise _fail(
                 height, "log_size is wrong", expected=self._range.size, computed=header.log_size

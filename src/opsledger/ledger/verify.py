@@ -13,8 +13,10 @@ from opsledger.core import (
     Block,
     LedgerVerifier,
     OpsledgerError,
+    Registry,
     SignatureChecker,
     SignedTransaction,
+    StorageError,
     VerificationFailed,
     VerifyResult,
     canonical,
@@ -36,8 +38,16 @@ def iter_store_blocks(
     """Blocks with their transaction records, in order, streaming both tables."""
     previous = store.get_block(start - 1) if start > 0 else None
     prev_size = previous.log_size if previous is not None else 0
+    prev_height = start - 1
     txs = store.iter_txs(prev_size)
     for block in store.iter_blocks(start, end):
+        if type(block.height) is not int or type(block.log_size) is not int:
+            raise VerificationFailed(
+                f"block {block.height if type(block.height) is int else prev_height + 1}: "
+                "stored data is malformed: height or log_size is not an integer",
+                height=block.height if type(block.height) is int else prev_height + 1,
+            )
+        prev_height = block.height
         count = block.log_size - prev_size
         if count < 0:
             raise VerificationFailed(
@@ -131,6 +141,7 @@ def verify_store(
                 block.data, prepared.leaves, block.checkpoint, prepared=prepared
             )
             _check_columns(block, records, parsed)
+            _check_tree_nodes(store, block.height, verifier.last_nodes)
             check_deployments(book, block.height, records, parsed)
             check_job_results(store, block.height, records, parsed)
         except OpsledgerError:
@@ -171,8 +182,70 @@ def verify_store(
     if previous is not None:
         check(*previous)
     result = verifier.result()
+    _check_tail(store, result)
+    _check_nonces(store, verifier.registry)
+    problem = store.check_integrity()
+    if problem is not None:
+        raise VerificationFailed(problem, reason=problem)
     verify_contracts(store, book, StoreEvidence(store, verifier.registry))
     return result
+
+
+def _check_tree_nodes(
+    store: LedgerStore, height: int, nodes: Sequence[tuple[int, int, bytes]]
+) -> None:
+    """The tree nodes the store keeps for a block (which proofs are built from) must be
+    the ones its leaves give; a wrong one would surface only when a proof is asked for."""
+    if not nodes:
+        return
+    try:
+        stored = store.get_nodes([(level, index) for level, index, _ in nodes])
+    except StorageError as exc:
+        raise VerificationFailed(f"block {height}: {exc.message}", height=height) from exc
+    for (level, index, expected), found in zip(nodes, stored, strict=True):
+        if found != expected:
+            raise VerificationFailed(
+                f"block {height}: stored Merkle tree node (level {level}, index {index}) is "
+                "not the one its leaves give",
+                height=height,
+                level=level,
+                index=index,
+            )
+
+
+def _check_tail(store: LedgerStore, result: VerifyResult) -> None:
+    """The walk must have reached the store's head, and no transaction may lie past it:
+    a damaged page can end the walk early, and a row past the head would shift every
+    later write's leaf index."""
+    head = store.head()
+    if head is None or (head.height, head.log_size) != (result.height, result.log_size):
+        shown = "none" if head is None else f"block {head.height} of {head.log_size} txs"
+        raise VerificationFailed(
+            f"block {result.height + 1}: the blocks stop at {result.height} but the store's "
+            f"head is {shown}: a block is missing or unreadable",
+            height=result.height + 1,
+        )
+    stored = store.count_txs()
+    if stored != result.log_size:
+        raise VerificationFailed(
+            f"block {result.height}: the store holds transactions past the last block "
+            f"(leaf indexes up to {stored - 1}, the log has {result.log_size})",
+            height=result.height,
+        )
+
+
+def _check_nonces(store: LedgerStore, registry: Registry) -> None:
+    """Admission refuses a nonce not above the stored last one, so a lowered value would
+    let an old transaction be admitted again: it must equal what the ledger says."""
+    stored = store.last_nonces()
+    expected = {name: a.last_nonce for name, a in registry.actors.items() if a.last_nonce >= 0}
+    for actor in sorted(stored.keys() | expected.keys()):
+        if stored.get(actor) != expected.get(actor):
+            raise VerificationFailed(
+                f"the stored last nonce of actor {actor!r} is {stored.get(actor)}; "
+                f"the ledger says {expected.get(actor)}",
+                actor=actor,
+            )
 
 
 def check_deployments(

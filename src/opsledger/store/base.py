@@ -136,5 +136,10 @@ class LedgerStore(Protocol):
     def last_nonces(self) -> dict[str, int]:
         """Every actor's last accepted nonce (loaded once at node start)."""
 
+    def check_integrity(self) -> str | None:
+        """What ``verify`` cannot see through the other methods: the storage's own
+        consistency (a damaged file, a lookup key that disagrees with its row). Returns
+        the first problem found in one line, or ``None``."""
+
     def size_bytes(self) -> int:
         """Bytes the store occupies on disk (for the bytes-per-transaction figure)."""

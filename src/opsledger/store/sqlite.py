@@ -809,6 +809,35 @@ class SqliteStore:
         rows = self._reader().execute("SELECT actor, last_nonce FROM nonces").fetchall()
         return {str(actor): int(nonce) for actor, nonce in rows}
 
+    def check_integrity(self) -> str | None:
+        """SQLite's ``quick_check`` of every page and index, then every ``tx_key`` against
+        its tx id: the key is derived data the signed bytes do not cover, and a wrong one
+        would hide a transaction from ``get_tx`` and from the duplicate check."""
+        try:
+            return self._check_integrity()
+        except sqlite3.Error as exc:
+            return f"the database file cannot be read: {exc}"
+
+    def _check_integrity(self) -> str | None:
+        conn = self._reader()
+        problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(1)")]
+        if problems != ["ok"]:
+            detail = " ".join(problems[0].replace("*** in database main ***", "").split())
+            return f"the database file is damaged: {detail}"
+        cursor = -1
+        while True:
+            rows = conn.execute(
+                "SELECT leaf_index, height, tx_id, tx_key FROM txs WHERE leaf_index > ? "
+                "ORDER BY leaf_index LIMIT ?",
+                (cursor, _PAGE * 8),
+            ).fetchall()
+            for leaf_index, height, tx_id, key in rows:
+                if not isinstance(tx_id, str) or key != tx_key(tx_id):
+                    return f"block {height}: tx {tx_id} (leaf {leaf_index}) has a wrong lookup key"
+            if len(rows) < _PAGE * 8:
+                return None
+            cursor = rows[-1][0]
+
     def size_bytes(self) -> int:
         """The database file plus its write-ahead log (not yet checkpointed pages)."""
         try:
