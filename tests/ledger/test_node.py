@@ -12,13 +12,17 @@ from opsledger.core import (
     PermissionDenied,
     ReplayRejected,
     SchemaError,
+    SignedTransaction,
+    StorageError,
     Subject,
+    ThreadedSignatureChecker,
     open_checkpoint,
     verify_consistency,
     verify_inclusion,
 )
 from opsledger.ledger import LedgerNode, verify_store
-from opsledger.store import TxQuery
+from opsledger.ordering import InProcessOrderer
+from opsledger.store import SqliteStore, TxQuery
 from opsledger.testing.factories import digest, key_for, sample_bodies
 
 from .conftest import open_node, register
@@ -172,3 +176,56 @@ def test_queries_use_the_indexed_filters(node: LedgerNode, admin: Signer) -> Non
     ]
     assert [r.type for r in node.query(TxQuery(type="build.*"))] == ["build.finished"]
     assert len(node.query(TxQuery(actor="ci"))) == 2
+
+
+class _BrokenRule:
+    """An admission rule with a bug: it raises something that is not a refusal."""
+
+    def check(self, stx: SignedTransaction) -> None:
+        if stx.tx.body.get("text") == "boom":
+            raise RuntimeError("a bug in a rule")
+
+    def apply(self, stx: SignedTransaction, leaf_index: int, token: object) -> None:
+        pass
+
+    def load(self, store: object) -> None:
+        pass
+
+
+def test_a_rule_that_crashes_leaves_no_state_behind(db_path: Path, admin: Signer) -> None:
+    """The batch's earlier transactions were applied in memory, then nothing was stored:
+    the node must not keep believing in them (an actor that does not exist, a nonce used)."""
+    store = SqliteStore(db_path)
+    store.initialize()
+    node = LedgerNode(
+        store,
+        node_key=key_for("node"),
+        orderer=InProcessOrderer(max_batch=50),
+        checker=ThreadedSignatureChecker(),
+        rules=[_BrokenRule()],
+        on_close=store.close,
+    ).start()
+    try:
+        bob = key_for("bob")
+        added = admin.sign(
+            "identity.key_added",
+            Subject("actor", "bob"),
+            {"actor": "bob", "public_key": bob.public_key.b64, "roles": ["developer"]},
+        )
+        boom = admin.sign("note", NOTE, {"text": "boom"})
+        with pytest.raises(RuntimeError):
+            node.submit_many([added, boom])
+        assert "bob" not in node.registry.actors
+        assert node.head.log_size == node.store.count_txs() == 2
+        receipt = node.submit(added)  # its nonce was never used
+        assert receipt.leaf_index == 2
+        assert "bob" in node.registry.actors
+    finally:
+        node.close()
+
+
+def test_submit_many_on_a_stopped_node_fails_each_item(node: LedgerNode, admin: Signer) -> None:
+    notes = [admin.sign("note", NOTE, {"text": str(i)}) for i in range(3)]
+    node.close()
+    results = node.submit_many(notes)
+    assert [type(r) for r in results] == [StorageError] * 3

@@ -445,10 +445,29 @@ class LedgerNode:
                 prepared[position] = error
         pendings = [p for p in prepared if isinstance(p, Pending)]
         if pendings or flush:
-            self._orderer.submit(pendings, flush=flush)
+            try:
+                self._orderer.submit(pendings, flush=flush)
+            except OpsledgerError as exc:
+                # Not queued (the node is stopping): these fail alone; earlier chunks
+                # were queued and get their own outcome, so no "nothing was written".
+                for pending in pendings:
+                    pending.fail(exc)
         return prepared
 
     def _deliver(self, batch: Sequence[Pending]) -> None:
+        try:
+            accepted, nonces = self._admit(batch)
+        except BaseException:
+            # A rule failed in an unexpected way after earlier transactions of this batch
+            # were applied to the registry and rules: none of them will be stored, so the
+            # in-memory state goes back to what the store holds (the orderer fails them).
+            self._load_state()
+            raise
+        if accepted:
+            self._commit(accepted, nonces)
+
+    def _admit(self, batch: Sequence[Pending]) -> tuple[list[Pending], dict[str, int]]:
+        """Admission in order; each refused transaction fails alone."""
         accepted: list[Pending] = []
         nonces: dict[str, int] = {}
         for pending in batch:
@@ -479,8 +498,9 @@ class LedgerNode:
                 rule.apply(pending.stx, leaf_index, token)
             nonces[pending.stx.tx.actor] = pending.stx.tx.nonce
             accepted.append(pending)
-        if not accepted:
-            return
+        return accepted, nonces
+
+    def _commit(self, accepted: list[Pending], nonces: dict[str, int]) -> None:
         head = self._head
         assert self._node_key is not None
         try:
