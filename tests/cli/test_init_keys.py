@@ -6,8 +6,14 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from opsledger.app import load_key
+from opsledger.cli import keys as keys_cli
+from opsledger.client.base import submit_signed
+from opsledger.core import StorageError
 
 from .conftest import fails, ok, ok_json, run
 
@@ -140,6 +146,32 @@ def test_keys_rotate_refused_keeps_the_old_key(home: Path) -> None:
     assert "unknown actor" in fails(home, "keys", "rotate", "ghost")
     assert (home / "keys" / "admin.key").read_text() == before
     assert not [p for p in (home / "keys").iterdir() if p.name.startswith(".")]
+
+
+def test_keys_rotate_not_acknowledged_keeps_the_new_key(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rotation whose commit is not acknowledged may still be recorded; deleting the
+    new key then would leave the actor with no key that signs."""
+    ok(home, "keys", "new", "dev", "--role", "developer")
+    before = (home / "keys" / "dev.key").read_text()
+    real_submit = submit_signed
+
+    def submitted_but_not_acknowledged(client: Any, signer: Any, stx: Any) -> Any:
+        real_submit(client, signer, stx)  # recorded...
+        raise StorageError("not acknowledged within 30 s")  # ...but the answer was lost
+
+    monkeypatch.setattr(keys_cli, "submit_signed", submitted_but_not_acknowledged)
+    message = fails(home, "keys", "rotate", "dev", code=1)
+    assert "the new key is kept in" in message
+    (staged,) = [p for p in (home / "keys").iterdir() if p.name.startswith(".dev")]
+    assert str(staged) in message
+    assert (home / "keys" / "dev.key").read_text() == before
+    new_key_id = message.split("(key id ")[1].split(")")[0]
+    lines = ok(home, "keys", "list", "--json").stdout.splitlines()
+    (dev,) = [a for a in map(json.loads, lines) if a["actor"] == "dev"]
+    active = [k["key_id"] for k in dev["keys"] if k["active"]]
+    assert active == [new_key_id]  # the ledger has it: the kept file is the way back
 
 
 def test_keys_revoke(home: Path) -> None:

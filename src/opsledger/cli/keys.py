@@ -20,7 +20,16 @@ from opsledger.app.keys import key_path
 from opsledger.cli._render import print_json, print_json_lines, print_table, say
 from opsledger.cli._state import State, get_state
 from opsledger.client.base import LedgerClient, submit_signed
-from opsledger.core import Conflict, InvalidInput, PrivateKey, Receipt, Subject
+from opsledger.core import (
+    Conflict,
+    InvalidInput,
+    OpsledgerError,
+    PrivateKey,
+    Receipt,
+    StorageError,
+    Subject,
+    UpstreamError,
+)
 
 __all__ = ["keys_app", "list_actors", "register"]
 
@@ -192,8 +201,17 @@ def rotate(
             body = {"actor": actor, "old_key_id": old_key_id, "public_key": new_key.public_key.b64}
             stx = signer.sign("identity.key_rotated", Subject("actor", actor), body)
             receipt = submit_signed(client, signer, stx)
-    except BaseException:
-        staged.unlink(missing_ok=True)
+    except (StorageError, UpstreamError) as exc:
+        # Not acknowledged is not refused: the rotation may be recorded, and then only the
+        # new key signs for the actor. Keep it, and say where.
+        raise StorageError(
+            f"{exc.message}; the rotation may still be recorded, so the new key is kept in "
+            f"{staged} (key id {new_key.key_id}): if `opsledger keys list` shows that key "
+            f"for {actor}, move the file to {final}",
+            key_file=str(staged),
+        ) from exc
+    except OpsledgerError:
+        staged.unlink(missing_ok=True)  # refused: the old key stays the only one
         raise
     os.replace(staged, final)
     result = {
