@@ -356,3 +356,24 @@ def test_every_route_is_documented_with_its_errors(openapi: dict[str, Any]) -> N
     body = paths["/api/v1/transactions"]["post"]["requestBody"]["content"]["application/json"]
     assert "sig" in body["schema"]["required"]
     assert "HTTPValidationError" not in openapi["components"]["schemas"]
+
+
+def test_time_filters_read_any_rfc3339_form(
+    api: TestClient, signer: Signer, make_note: MakeNote
+) -> None:
+    """A time without milliseconds, or with an offset, means the same instant as the
+    stored form: compared raw, ``...:56Z`` would sort after ``...:56.240Z``."""
+    stx = make_note(signer)
+    post(api, stx.leaf)
+    whole_second = stx.tx.ts[:19] + "Z"  # 2026-...T..:..:..Z, at or before the tx
+    hour = int(whole_second[11:13])
+    offset = f"{whole_second[:11]}{(hour + 1) % 24:02d}{whole_second[13:19]}+01:00"
+    for since in (whole_second, offset if hour < 23 else whole_second):
+        found = api.get("/api/v1/transactions", params={"since": since, "type": "note"}).json()
+        assert [i["tx_id"] for i in found["items"]] == [stx.tx_id], since
+
+
+def test_a_time_filter_that_is_not_a_time_is_refused(api: TestClient) -> None:
+    response = api.get("/api/v1/transactions", params={"since": "notadate"})
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "since"

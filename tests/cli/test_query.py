@@ -11,7 +11,7 @@ from rich.console import Console
 
 from opsledger.app import Home
 from opsledger.cli._state import Consoles
-from opsledger.cli.query import normalize_time
+from opsledger.client.local import normalize_time
 from opsledger.core import (
     InvalidInput,
     ProofError,

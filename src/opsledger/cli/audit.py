@@ -21,7 +21,7 @@ from opsledger.app.audit_render import render_markdown, to_json
 from opsledger.app.bundle import export_bundle
 from opsledger.cli._render import print_raw, say
 from opsledger.cli._state import get_state
-from opsledger.cli.query import normalize_time
+from opsledger.client.local import normalize_time
 from opsledger.core import InvalidInput
 
 __all__ = ["register"]

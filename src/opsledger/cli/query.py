@@ -7,8 +7,6 @@ process writes. ``log`` pages through the store with the leaf-index cursor, so a
 
 from __future__ import annotations
 
-import datetime as _dt
-import re
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -17,33 +15,14 @@ import typer
 from opsledger.cli._render import kv_table, print_json, print_json_lines, print_raw, print_table
 from opsledger.cli._state import get_state
 from opsledger.client.base import LedgerClient
-from opsledger.core import InvalidInput, format_ts, parse_checkpoint
+from opsledger.client.local import normalize_time
+from opsledger.core import parse_checkpoint
 
-__all__ = ["normalize_time", "register"]
+__all__ = ["register"]
 
 PAGE = 1000
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
-
-def normalize_time(text: str, option: str) -> str:
-    """RFC 3339 (any offset) or a bare date, as the stored ``YYYY-MM-DDTHH:MM:SS.mmmZ``
-    (timestamps compare as strings, so they must have exactly that shape)."""
-    value = text.strip()
-    try:
-        if _DATE.match(value):
-            moment = _dt.datetime.fromisoformat(value).replace(tzinfo=_dt.UTC)
-        else:
-            moment = _dt.datetime.fromisoformat(value)
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=_dt.UTC)
-    except ValueError:
-        raise InvalidInput(
-            f"{option} must be an RFC 3339 time or a date like 2026-11-21, got {text!r}",
-            field=option.lstrip("-"),
-        ) from None
-    return format_ts(moment)
 
 
 def _pages(client: LedgerClient, filters: dict[str, Any], limit: int) -> Iterator[dict[str, Any]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as _dt
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +13,7 @@ from opsledger.core import (
     OpsledgerError,
     Receipt,
     SignedTransaction,
+    format_ts,
     parse_subject,
 )
 from opsledger.ledger import LedgerNode
@@ -20,6 +23,35 @@ from opsledger.store import TxQuery
 __all__ = ["LocalClient", "tx_query_from_filters"]
 
 MAX_PAGE = 1000
+
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def normalize_time(text: str, option: str) -> str:
+    """RFC 3339 (any offset) or a bare date, as the stored ``YYYY-MM-DDTHH:MM:SS.mmmZ``
+    (timestamps compare as strings, so they must have exactly that shape). Every query
+    path goes through it (the CLI and the HTTP API alike): a raw ``...:56Z`` would sort
+    after ``...:56.240Z`` and drop that second's transactions."""
+    value = text.strip()
+    try:
+        if _DATE.match(value):
+            moment = _dt.datetime.fromisoformat(value).replace(tzinfo=_dt.UTC)
+        else:
+            moment = _dt.datetime.fromisoformat(value)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=_dt.UTC)
+    except ValueError:
+        raise InvalidInput(
+            f"{option} must be an RFC 3339 time or a date like 2026-11-21, got {text!r}",
+            field=option.lstrip("-"),
+        ) from None
+    return format_ts(moment)
+
+
+def _time_filter(filters: TxFilter, name: str) -> str | None:
+    value = filters.get(name)
+    return normalize_time(str(value), name) if value else None
 
 
 def tx_query_from_filters(filters: TxFilter) -> TxQuery:
@@ -44,8 +76,8 @@ def tx_query_from_filters(filters: TxFilter) -> TxQuery:
         actor=filters.get("actor") or None,
         subject_kind=subject_kind,
         subject_id=subject_id,
-        since=filters.get("since") or None,
-        until=filters.get("until") or None,
+        since=_time_filter(filters, "since"),
+        until=_time_filter(filters, "until"),
         after=int(after) if after is not None and after != "" else None,
         limit=limit,
         descending=order == "desc",
