@@ -33,7 +33,6 @@ Why it is built the way it is:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import sqlite3
@@ -45,12 +44,21 @@ from typing import Any
 
 from opsledger.core.errors import ConfigError, InvalidInput, StorageError
 from opsledger.store.base import BlockRecord, NodeId, TxQuery, TxRecord
+from opsledger.store.sqlite_schema import (
+    INSERT_BLOCK,
+    INSERT_NODE,
+    INSERT_TX,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SELECT_TXS,
+    UPSERT_NONCE,
+    check_new_ids,
+    migrate_1_to_2,
+    tx_key,
+    tx_row,
+)
 
 __all__ = ["SqliteStore"]
-
-SCHEMA_VERSION = 2
-"""Stored in ``PRAGMA user_version``; a newer file is refused rather than misread, an
-older one is migrated by ``initialize`` (``_migrate_1_to_2``)."""
 
 _WRITER_CACHE_KIB = 64 * 1024
 """Page cache of the write connection: the hot index pages of a growing ledger stay in
@@ -65,113 +73,11 @@ of them once instead of many times: replaying the 50,000-tx bench blocks here, s
 per tx fell from ~28 to ~22 µs. The price is an occasional longer commit (the checkpoint
 itself) and up to this much WAL on disk."""
 
-_KEY_PROBE = 500
-"""tx keys looked up per statement by ``append_block``'s uniqueness check."""
-
 _PAGE = 512
 """Rows fetched per statement by the iterators."""
 
 _NODE_CHUNK = 300
 """Node ids per ``get_nodes`` statement: 3 parameters each, far below SQLite's limit."""
-
-# Column lists follow the dataclass field order, so ``Record(*row)`` builds a record.
-# Statements are spelled out in full rather than assembled, so no SQL is built at runtime
-# except the WHERE clause of query_txs (fixed fragments, bound values).
-_SELECT_TXS = (
-    "SELECT tx_id, leaf_index, height, type, actor, subject_kind, subject_id, ts, "
-    "nonce, leaf FROM txs"
-)
-
-# Blocks are never deleted, so the foreign key needs no index on txs.height (it is only
-# consulted on the referencing side, through the blocks primary key).
-_CREATE_TXS = """CREATE TABLE IF NOT EXISTS {name} (
-        leaf_index INTEGER PRIMARY KEY CHECK (leaf_index >= 0),
-        tx_id TEXT NOT NULL,
-        tx_key INTEGER NOT NULL,
-        height INTEGER NOT NULL REFERENCES blocks (height),
-        type TEXT NOT NULL,
-        actor TEXT NOT NULL,
-        subject_kind TEXT NOT NULL,
-        subject_id TEXT NOT NULL,
-        ts TEXT NOT NULL,
-        nonce INTEGER NOT NULL,
-        leaf BLOB NOT NULL
-    )"""
-
-_SCHEMA: tuple[str, ...] = (
-    """CREATE TABLE IF NOT EXISTS meta (
-        key TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS blocks (
-        height INTEGER PRIMARY KEY CHECK (height >= 0),
-        block_hash TEXT NOT NULL,
-        log_size INTEGER NOT NULL UNIQUE CHECK (log_size >= 0),
-        log_root TEXT NOT NULL,
-        time TEXT NOT NULL,
-        data BLOB NOT NULL,
-        checkpoint TEXT NOT NULL
-    )""",
-    _CREATE_TXS.format(name="txs"),
-    # get_tx and the uniqueness check in append_block (see the module docstring).
-    "CREATE INDEX IF NOT EXISTS txs_key ON txs (tx_key)",
-    # One index per TxQuery filter, each ending in leaf_index so results come out in
-    # cursor order without a sort for equality filters.
-    "CREATE INDEX IF NOT EXISTS txs_type ON txs (type, leaf_index)",
-    "CREATE INDEX IF NOT EXISTS txs_actor ON txs (actor, leaf_index)",
-    "CREATE INDEX IF NOT EXISTS txs_subject ON txs (subject_kind, subject_id, leaf_index)",
-    "CREATE INDEX IF NOT EXISTS txs_ts ON txs (ts)",
-    """CREATE TABLE IF NOT EXISTS nodes (
-        level INTEGER NOT NULL,
-        idx INTEGER NOT NULL,
-        hash BLOB NOT NULL,
-        PRIMARY KEY (level, idx)
-    ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS nonces (
-        actor TEXT PRIMARY KEY,
-        last_nonce INTEGER NOT NULL
-    )""",
-)
-
-_INSERT_BLOCK = (
-    "INSERT INTO blocks (height, block_hash, log_size, log_root, time, data, checkpoint) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_TX = (
-    "INSERT INTO txs (tx_id, leaf_index, height, type, actor, subject_kind, subject_id, ts, "
-    "nonce, leaf, tx_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-# Plain INSERT on purpose: a tree node is written exactly once; a second write of the
-# same (level, idx) means the caller's tree bookkeeping is wrong, so it must fail.
-_INSERT_NODE = "INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)"
-# Max wins: a block never lowers an actor's nonce, whatever the caller passes.
-_UPSERT_NONCE = (
-    "INSERT INTO nonces (actor, last_nonce) VALUES (?, ?) "
-    "ON CONFLICT (actor) DO UPDATE SET last_nonce = max(last_nonce, excluded.last_nonce)"
-)
-
-
-def tx_key(tx_id: str) -> int:
-    """The indexed stand-in for a tx id: the first 8 bytes of SHA-256 of its text, as a
-    signed 64-bit integer (SQLite's INTEGER). Hashing the text, rather than decoding the
-    hex, gives every string a key, so a lookup of a malformed id simply finds nothing."""
-    return int.from_bytes(hashlib.sha256(tx_id.encode()).digest()[:8], "big", signed=True)
-
-
-def _tx_row(tx: TxRecord) -> tuple[Any, ...]:
-    return (
-        tx.tx_id,
-        tx.leaf_index,
-        tx.height,
-        tx.type,
-        tx.actor,
-        tx.subject_kind,
-        tx.subject_id,
-        tx.ts,
-        tx.nonce,
-        bytes(tx.leaf),
-        tx_key(tx.tx_id),
-    )
 
 
 def _block(row: Sequence[Any]) -> BlockRecord:
@@ -180,49 +86,6 @@ def _block(row: Sequence[Any]) -> BlockRecord:
 
 def _tx(row: Sequence[Any]) -> TxRecord:
     return TxRecord(*row)
-
-
-def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
-    """Rebuild ``txs`` without the UNIQUE tx_id text index and with ``tx_key``, inside the
-    caller's transaction (a crash leaves schema 1 intact). SQLite cannot drop a UNIQUE
-    constraint in place, hence copy, drop, rename; the schema's CREATE INDEX statements
-    then build the indexes of schema 2."""
-    conn.create_function("opsledger_tx_key", 1, tx_key, deterministic=True)
-    conn.execute(_CREATE_TXS.format(name="txs_v2"))
-    conn.execute(
-        "INSERT INTO txs_v2 (leaf_index, tx_id, tx_key, height, type, actor, subject_kind, "
-        "subject_id, ts, nonce, leaf) SELECT leaf_index, tx_id, opsledger_tx_key(tx_id), "
-        "height, type, actor, subject_kind, subject_id, ts, nonce, leaf FROM txs "
-        "ORDER BY leaf_index"
-    )
-    conn.execute("DROP TABLE txs")  # and with it the schema 1 indexes
-    conn.execute("ALTER TABLE txs_v2 RENAME TO txs")
-
-
-def _check_new_ids(conn: sqlite3.Connection, block: BlockRecord, txs: Sequence[TxRecord]) -> None:
-    """Refuse a tx id already stored or repeated within the block: what the UNIQUE index
-    did in schema 1, now one indexed probe per tx."""
-    seen: set[str] = set()
-    for tx in txs:
-        if tx.tx_id in seen:
-            raise StorageError(
-                f"block {block.height}: tx {tx.tx_id} appears twice",
-                height=block.height,
-                tx_id=tx.tx_id,
-            )
-        seen.add(tx.tx_id)
-    keys = [tx_key(tx.tx_id) for tx in txs]
-    for start in range(0, len(keys), _KEY_PROBE):
-        part = keys[start : start + _KEY_PROBE]
-        marks = ", ".join("?" * len(part))
-        sql = f"SELECT tx_id FROM txs WHERE tx_key IN ({marks})"  # noqa: S608 (placeholders only)
-        for (stored,) in conn.execute(sql, part):
-            if stored in seen:
-                raise StorageError(
-                    f"block {block.height}: tx {stored} is already stored",
-                    height=block.height,
-                    tx_id=stored,
-                )
 
 
 class SqliteStore:
@@ -376,8 +239,8 @@ class SqliteStore:
                         "upgrading %s to storage schema 2, once (about 2 s per 100,000 txs)",
                         self._path,
                     )
-                    _migrate_1_to_2(conn)
-                for statement in _SCHEMA:
+                    migrate_1_to_2(conn)
+                for statement in SCHEMA:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
                 conn.execute("COMMIT")
@@ -470,7 +333,7 @@ class SqliteStore:
             try:
                 self._check_extends(conn, block, txs)
                 conn.execute(
-                    _INSERT_BLOCK,
+                    INSERT_BLOCK,
                     (
                         block.height,
                         block.block_hash,
@@ -481,9 +344,9 @@ class SqliteStore:
                         block.checkpoint,
                     ),
                 )
-                conn.executemany(_INSERT_TX, map(_tx_row, txs))
-                conn.executemany(_INSERT_NODE, ((level, idx, bytes(h)) for level, idx, h in nodes))
-                conn.executemany(_UPSERT_NONCE, sorted(nonces.items()))
+                conn.executemany(INSERT_TX, map(tx_row, txs))
+                conn.executemany(INSERT_NODE, ((level, idx, bytes(h)) for level, idx, h in nodes))
+                conn.executemany(UPSERT_NONCE, sorted(nonces.items()))
                 conn.execute("COMMIT")
             except BaseException:
                 self._rollback(conn)
@@ -525,7 +388,7 @@ class SqliteStore:
                     height=block.height,
                     tx_id=tx.tx_id,
                 )
-        _check_new_ids(conn, block, txs)
+        check_new_ids(conn, block, txs)
         if block.log_size != count + len(txs):
             raise StorageError(
                 f"block {block.height} has log_size {block.log_size}, expected {count + len(txs)}",
@@ -755,7 +618,7 @@ class SqliteStore:
         order = "DESC" if query.descending else "ASC"
         params.append(query.limit)
         # Only fixed fragments are interpolated; every value is a bound parameter.
-        sql = f"{_SELECT_TXS}{where} ORDER BY leaf_index {order} LIMIT ?"
+        sql = f"{SELECT_TXS}{where} ORDER BY leaf_index {order} LIMIT ?"
         return [_tx(row) for row in self._reader().execute(sql, params).fetchall()]
 
     def count_txs(self) -> int:
