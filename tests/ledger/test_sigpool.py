@@ -79,6 +79,21 @@ def test_a_stopped_worker_is_killed_and_its_batch_verified_here(
     assert pid not in verifier_pids()
 
 
+def test_a_batch_bigger_than_a_frame_is_sent_as_several(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No single frame may take long (the watchdog would take a slow reply for a stall):
+    a big batch goes as frames of at most ``_MAX_FRAME``, verdicts in order."""
+    monkeypatch.setattr(sigpool, "_MAX_FRAME", 16)
+    checker = ProcessSignatureChecker(min_batch=8)
+    items = _items(70, bad=[0, 15, 16, 69])
+    checker.verify_many(items[:8])  # a worker is up
+    worker = sigpool._shared.current()
+    assert worker is not None
+    answered = worker.answered
+    verdicts = checker.start(items).result(timeout=60)
+    assert [i for i, ok in enumerate(verdicts) if not ok] == [0, 15, 16, 69]
+    assert worker.answered - answered == 5  # 16 + 16 + 16 + 16 + 6
+
+
 def test_the_worker_runs_under_any_main_module(tmp_path: Path) -> None:
     """``python -c`` has no main file; multiprocessing's spawn could not start a worker
     there. The worker is started by path, so it works, and uses a real process."""

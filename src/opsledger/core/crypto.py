@@ -32,6 +32,7 @@ __all__ = [
     "PublicKey",
     "SignatureChecker",
     "ThreadedSignatureChecker",
+    "combine_verdicts",
     "key_id_of",
 ]
 
@@ -146,6 +147,29 @@ class SignatureChecker:
         return future
 
 
+def combine_verdicts(parts: Sequence[Future[list[bool]]]) -> Future[list[bool]]:
+    """One future for the verdicts of ``parts``, in order, set when the last one is."""
+    combined: Future[list[bool]] = Future()
+    remaining = [len(parts)]
+    lock = threading.Lock()
+
+    def settle(_: Future[list[bool]]) -> None:
+        with lock:
+            remaining[0] -= 1
+            if remaining[0]:
+                return
+        try:
+            combined.set_result([ok for part in parts for ok in part.result()])
+        except BaseException as exc:  # a part that failed fails the whole
+            combined.set_exception(exc)
+
+    if not parts:
+        combined.set_result([])
+    for part in parts:
+        part.add_done_callback(settle)
+    return combined
+
+
 class ThreadedSignatureChecker(SignatureChecker):
     def __init__(self, workers: int = 2, chunk: int = 256) -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sigverify")
@@ -171,23 +195,7 @@ class ThreadedSignatureChecker(SignatureChecker):
         parts = [
             self._pool.submit(_verify_each, items[i : i + size]) for i in range(0, len(items), size)
         ]
-        combined: Future[list[bool]] = Future()
-        remaining = [len(parts)]
-        lock = threading.Lock()
-
-        def settle(_: Future[list[bool]]) -> None:
-            with lock:
-                remaining[0] -= 1
-                if remaining[0]:
-                    return
-            try:
-                combined.set_result([ok for part in parts for ok in part.result()])
-            except BaseException as exc:  # pragma: no cover - _verify_each never raises
-                combined.set_exception(exc)
-
-        for part in parts:
-            part.add_done_callback(settle)
-        return combined
+        return combine_verdicts(parts)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -46,7 +46,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from opsledger.core import SignatureChecker
-from opsledger.core.crypto import VerifyItem
+from opsledger.core.crypto import VerifyItem, combine_verdicts
 from opsledger.ledger.sigworker import HEAD, ITEM
 
 __all__ = ["ProcessSignatureChecker", "WorkerGone", "verifier_pids"]
@@ -56,10 +56,14 @@ _WORKER = Path(__file__).with_name("sigworker.py")
 _ENV_KEPT = ("PATH", "LD_LIBRARY_PATH", "SYSTEMROOT", "LANG", "LC_ALL")
 _FAILED_STARTS_BEFORE_PAUSE = 3
 _PAUSE_SECONDS = 60.0
+_MAX_FRAME = 4096
+"""Signatures per frame at most: a bigger batch (verify sends whole blocks, and a block
+may hold any number) goes as several frames, so no single reply takes long."""
 _STALL_SECONDS = 30.0
 """A worker with requests waiting and no reply for this long is killed, and its batches
 are verified here: a stopped (SIGSTOP) or wedged worker must not hold every writer of
-the node forever. A 2,000-signature frame takes ~0.1 s, so this is a 300-fold margin."""
+the node forever. A full frame takes ~0.3 s at the worker's ~14,000 verifies a second,
+so this is a 100-fold margin."""
 
 
 class WorkerGone(RuntimeError):
@@ -315,6 +319,12 @@ class ProcessSignatureChecker(SignatureChecker):
     def start(self, items: Sequence[VerifyItem]) -> Future[list[bool]]:
         if len(items) < self.min_batch:
             return super().start(items)
+        if len(items) > _MAX_FRAME:
+            frames = range(0, len(items), _MAX_FRAME)
+            return combine_verdicts([self._start_frame(items[i : i + _MAX_FRAME]) for i in frames])
+        return self._start_frame(items)
+
+    def _start_frame(self, items: Sequence[VerifyItem]) -> Future[list[bool]]:
         try:
             remote = _shared.get().submit(items)
         except WorkerGone:  # not running, could not start, or gone this instant
