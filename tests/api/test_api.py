@@ -373,7 +373,18 @@ def test_time_filters_read_any_rfc3339_form(
         assert [i["tx_id"] for i in found["items"]] == [stx.tx_id], since
 
 
-def test_a_time_filter_that_is_not_a_time_is_refused(api: TestClient) -> None:
-    response = api.get("/api/v1/transactions", params={"since": "notadate"})
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("since", "notadate"),
+        ("since", "0001-01-01T00:00:00+01:00"),  # before year 1 in UTC
+        ("until", "9999-12-31T23:59:59-01:00"),  # after year 9999 in UTC
+        ("since", "0500-01-01"),  # would not sort as text against 2026-...
+    ],
+)
+def test_a_time_filter_that_is_not_a_usable_time_is_refused(
+    api: TestClient, name: str, value: str
+) -> None:
+    response = api.get("/api/v1/transactions", params={name: value})
     assert response.status_code == 400
-    assert response.json()["error"]["field"] == "since"
+    assert response.json()["error"]["field"] == name

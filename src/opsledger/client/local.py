@@ -26,6 +26,8 @@ MAX_PAGE = 1000
 
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_STAMP = re.compile(r"^[1-9]\d{3}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+"""The stored form: as text, these sort in time order."""
 
 
 def normalize_time(text: str, option: str) -> str:
@@ -41,12 +43,16 @@ def normalize_time(text: str, option: str) -> str:
             moment = _dt.datetime.fromisoformat(value)
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=_dt.UTC)
-    except ValueError:
+        stamp = format_ts(moment)  # UTC: an offset may carry it past year 1 or 9999
+    except (ValueError, OverflowError):
+        stamp = ""
+    if not _STAMP.match(stamp):  # also years before 1000, which would not sort as text
         raise InvalidInput(
-            f"{option} must be an RFC 3339 time or a date like 2026-11-21, got {text!r}",
+            f"{option} must be an RFC 3339 time or a date like 2026-11-21 (years 1000 to"
+            f" 9999), got {text!r}",
             field=option.lstrip("-"),
-        ) from None
-    return format_ts(moment)
+        )
+    return stamp
 
 
 def _time_filter(filters: TxFilter, name: str) -> str | None:
