@@ -173,6 +173,16 @@ def test_keys_rotate_not_acknowledged_keeps_the_new_key(
     active = [k["key_id"] for k in dev["keys"] if k["active"]]
     assert active == [new_key_id]  # the ledger has it: the kept file is the way back
 
+    # A retry must not replace the kept key (it is the only one the ledger accepts now).
+    monkeypatch.undo()
+    retry = run(home, "keys", "rotate", "dev")
+    assert retry.exit_code != 0
+    assert "an earlier rotation of dev may be recorded" in retry.stderr
+    assert new_key_id in retry.stderr
+    assert staged.exists()
+    staged.replace(home / "keys" / "dev.key")  # what the message says to do
+    ok(home, "record", "note", "--subject", "ticket:1", "--field", "text=hi", "--as", "dev")
+
 
 def test_keys_revoke(home: Path) -> None:
     ok(home, "keys", "new", "dev", "--role", "developer")

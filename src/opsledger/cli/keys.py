@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import re
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from opsledger.app.keys import key_path
+from opsledger.app.keys import key_path, load_key
 from opsledger.cli._render import print_json, print_json_lines, print_table, say
 from opsledger.cli._state import State, get_state
 from opsledger.client.base import LedgerClient, submit_signed
@@ -169,6 +170,13 @@ def _current_key_id(state: State, client: LedgerClient, actor: str) -> str:
     return str(active[0])
 
 
+def _key_id_of(path: Path) -> str:
+    try:
+        return load_key(path).key_id
+    except OpsledgerError:
+        return "unreadable"
+
+
 @keys_app.command("rotate")
 def rotate(
     ctx: typer.Context,
@@ -192,16 +200,29 @@ def rotate(
             "every block with the key it loaded"
         )
     signer = home.signer(as_actor)
-    new_key = PrivateKey.generate()
     final = key_path(home.keys_dir, actor)
-    staged = home.write_key(f".{actor}.pending", new_key, overwrite=True)
+    staged = key_path(home.keys_dir, f".{actor}.pending")
+    if staged.exists():
+        raise Conflict(
+            f"an earlier rotation of {actor} may be recorded: {staged} holds its new key"
+            f" (key id {_key_id_of(staged)}); if `opsledger keys list` shows that key for"
+            f" {actor}, move the file to {final}, otherwise delete it, then retry",
+            key_file=str(staged),
+        )
+    new_key = PrivateKey.generate()
+    home.write_key(f".{actor}.pending", new_key)
+    submitting = False
     try:
         with state.writer() as client:
             old_key_id = _current_key_id(state, client, actor)
             body = {"actor": actor, "old_key_id": old_key_id, "public_key": new_key.public_key.b64}
             stx = signer.sign("identity.key_rotated", Subject("actor", actor), body)
+            submitting = True
             receipt = submit_signed(client, signer, stx)
     except (StorageError, UpstreamError) as exc:
+        if not submitting:
+            staged.unlink(missing_ok=True)
+            raise
         # Not acknowledged is not refused: the rotation may be recorded, and then only the
         # new key signs for the actor. Keep it, and say where.
         raise StorageError(
@@ -212,6 +233,10 @@ def rotate(
         ) from exc
     except OpsledgerError:
         staged.unlink(missing_ok=True)  # refused: the old key stays the only one
+        raise
+    except BaseException:
+        if not submitting:  # interrupted while submitting: kept, the next run explains
+            staged.unlink(missing_ok=True)
         raise
     os.replace(staged, final)
     result = {
