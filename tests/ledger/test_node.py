@@ -229,3 +229,35 @@ def test_submit_many_on_a_stopped_node_fails_each_item(node: LedgerNode, admin: 
     node.close()
     results = node.submit_many(notes)
     assert [type(r) for r in results] == [StorageError] * 3
+
+
+def test_verify_while_the_node_writes_never_fails_a_valid_ledger(
+    db_path: Path, node: LedgerNode, admin: Signer
+) -> None:
+    """verify opens the store beside a running node (``opsledger verify`` next to
+    ``serve``): blocks committed during the walk or between its final reads are not
+    damage."""
+    notes = [admin.sign("note", NOTE, {"text": str(i)}) for i in range(400)]
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            for note in notes:
+                node.submit(note)
+        finally:
+            done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    runs = 0
+    try:
+        while not done.is_set() or runs < 3:
+            store = SqliteStore(db_path)
+            try:
+                verify_store(store)  # raises VerificationFailed on any false alarm
+            finally:
+                store.close()
+            runs += 1
+    finally:
+        writer.join()
+    assert node.head.log_size == 2 + len(notes)

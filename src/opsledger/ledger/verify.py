@@ -158,7 +158,10 @@ def verify_store(
     # Whatever goes wrong reading block k+1 is raised only after block k passed: the
     # first bad block is always the one reported.
     previous: tuple[BlockRecord, list[TxRecord], PreparedBlock] | None = None
-    blocks = iter_store_blocks(store)
+    # The head when verify starts bounds the walk: a node may keep writing meanwhile, and
+    # what it adds is for the next verify (the checks after the walk allow for it).
+    head = store.head()
+    blocks = iter_store_blocks(store, 0, None if head is None else head.height + 1)
     while True:
         try:
             block, records = next(blocks)
@@ -182,8 +185,8 @@ def verify_store(
     if previous is not None:
         check(*previous)
     result = verifier.result()
-    _check_tail(store, result)
-    _check_nonces(store, verifier.registry)
+    _check_reached(head, result)
+    _check_tail_and_nonces(store, result, verifier.registry)
     problem = store.check_integrity()
     if problem is not None:
         raise VerificationFailed(problem, reason=problem)
@@ -213,11 +216,9 @@ def _check_tree_nodes(
             )
 
 
-def _check_tail(store: LedgerStore, result: VerifyResult) -> None:
-    """The walk must have reached the store's head, and no transaction may lie past it:
-    a damaged page can end the walk early, and a row past the head would shift every
-    later write's leaf index."""
-    head = store.head()
+def _check_reached(head: BlockRecord | None, result: VerifyResult) -> None:
+    """The walk must reach the head the store had when verify started: a damaged page can
+    end it early, which must not pass as a shorter ledger."""
     if head is None or (head.height, head.log_size) != (result.height, result.log_size):
         shown = "none" if head is None else f"block {head.height} of {head.log_size} txs"
         raise VerificationFailed(
@@ -225,25 +226,45 @@ def _check_tail(store: LedgerStore, result: VerifyResult) -> None:
             f"head is {shown}: a block is missing or unreadable",
             height=result.height + 1,
         )
-    stored = store.count_txs()
-    if stored != result.log_size:
+
+
+def _check_tail_and_nonces(store: LedgerStore, result: VerifyResult, registry: Registry) -> None:
+    """No transaction may lie past the head (it would shift every later write's leaf
+    index), and the stored last nonces, which admission trusts, must be what the ledger
+    says (a lowered one would admit a replay).
+
+    A node may be writing while verify runs, and each read sees the latest commit. A block
+    stores its transactions and nonces in one commit and heights only grow, so reads taken
+    between two reads of the same head saw one state; a few tries find such a state. If
+    the ledger has moved past the verified blocks, stored nonces can only be higher than
+    the ledger said at the end of the walk, never lower."""
+    for _ in range(5):
+        before = store.head()
+        count = store.count_txs()
+        nonces = store.last_nonces()
+        if store.head() == before:
+            break
+    else:  # writes never paused: only what holds at any later moment is checked
+        _check_nonces(nonces, registry, moved=True)
+        return
+    if before is not None and count != before.log_size:
         raise VerificationFailed(
-            f"block {result.height}: the store holds transactions past the last block "
-            f"(leaf indexes up to {stored - 1}, the log has {result.log_size})",
-            height=result.height,
+            f"block {before.height}: the store holds transactions past the last block "
+            f"(leaf indexes up to {count - 1}, the log has {before.log_size})",
+            height=before.height,
         )
+    _check_nonces(nonces, registry, moved=before is None or before.height != result.height)
 
 
-def _check_nonces(store: LedgerStore, registry: Registry) -> None:
-    """Admission refuses a nonce not above the stored last one, so a lowered value would
-    let an old transaction be admitted again: it must equal what the ledger says."""
-    stored = store.last_nonces()
+def _check_nonces(stored: dict[str, int], registry: Registry, *, moved: bool) -> None:
     expected = {name: a.last_nonce for name, a in registry.actors.items() if a.last_nonce >= 0}
-    for actor in sorted(stored.keys() | expected.keys()):
-        if stored.get(actor) != expected.get(actor):
+    actors = sorted(expected) if moved else sorted(stored.keys() | expected.keys())
+    for actor in actors:
+        found, said = stored.get(actor), expected.get(actor)
+        wrong = (found is None or said is None or found < said) if moved else found != said
+        if wrong:
             raise VerificationFailed(
-                f"the stored last nonce of actor {actor!r} is {stored.get(actor)}; "
-                f"the ledger says {expected.get(actor)}",
+                f"the stored last nonce of actor {actor!r} is {found}; the ledger says {said}",
                 actor=actor,
             )
 
