@@ -225,15 +225,16 @@ class SqliteStore:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         with self._write_lock:
             conn = self._writer_conn()
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StorageError(
-                    f"{self._path} has schema version {version}; this opsledger knows "
-                    f"only up to {SCHEMA_VERSION}",
-                    path=str(self._path),
-                )
             conn.execute("BEGIN IMMEDIATE")
             try:
+                # Read under the write lock: another process may have just migrated.
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise StorageError(
+                        f"{self._path} has schema version {version}; this opsledger knows "
+                        f"only up to {SCHEMA_VERSION}",
+                        path=str(self._path),
+                    )
                 if version == 1:
                     logging.getLogger(__name__).warning(
                         "upgrading %s to storage schema 2, once (about 2 s per 100,000 txs)",
