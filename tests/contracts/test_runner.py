@@ -14,7 +14,7 @@ from opsledger.client.base import Signer
 from opsledger.client.local import LocalClient
 from opsledger.contracts import builtin_source
 from opsledger.core import Conflict, InvalidInput, PrivateKey, Subject, VerificationFailed
-from opsledger.ledger import ContractRunner, LedgerNode
+from opsledger.ledger import ContractRunner, LedgerNode, verify_store
 from opsledger.testing.factories import digest
 
 D = digest("shop-2.0.0")
@@ -290,3 +290,45 @@ def test_what_a_verdict_records_is_verified_too(tmp_path: Path) -> None:
             w.node.verify()
     finally:
         w.node.close()
+
+
+class _StartedEarlier:
+    """A store as verify sees it when a node keeps writing: its first ``head()`` (read
+    when verify starts) is an older block; everything else is the live store."""
+
+    def __init__(self, store: Any, head: Any) -> None:
+        self._store = store
+        self._head: Any = head
+
+    def head(self) -> Any:
+        head, self._head = self._head, None
+        return head if head is not None else self._store.head()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_verify_checks_only_the_verdicts_of_the_blocks_it_walked(world: World) -> None:
+    """Verdicts committed after verify found its head were judged with the registry and
+    contracts of the walked blocks only (an approver registered later did not count), a
+    false failure. They are for the next verify."""
+    w = world
+    w.record(
+        "ci",
+        "build.finished",
+        {"artifact": "shop", "digest": D, "commit": "c0ffee", "status": "success"},
+    )
+    started = w.node.head
+    w.actor("dave", "release-manager")  # registered after verify "started"
+    w.record(
+        "alice",
+        "release.requested",
+        {"service": "shop", "version": "2.0.0", "digest": D, "commits": ["c0ffee"]},
+    )
+    w.record("dave", "approval.granted", {"digest": D, "release": "shop-2.0.0"})
+    assert _reason(w.latest_verdict(), "approvals")[1].startswith("1 of 2 approvals")
+
+    store = _StartedEarlier(w.node.store, started)
+    result = verify_store(store)
+    assert result.height == started.height
+    verify_store(w.node.store)  # and the whole ledger, as the next verify sees it

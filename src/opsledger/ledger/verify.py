@@ -190,7 +190,7 @@ def verify_store(
     problem = store.check_integrity()
     if problem is not None:
         raise VerificationFailed(problem, reason=problem)
-    verify_contracts(store, book, StoreEvidence(store, verifier.registry))
+    verify_contracts(store, book, StoreEvidence(store, verifier.registry), below=result.log_size)
     return result
 
 
@@ -293,17 +293,23 @@ def check_deployments(
 _VERDICT_KEYS = ("contract", "version", "trigger", "request", "result", "requirements")
 
 
-def verify_contracts(store: LedgerStore, book: ContractBook, evidence: StoreEvidence) -> int:
+def verify_contracts(
+    store: LedgerStore, book: ContractBook, evidence: StoreEvidence, *, below: int | None = None
+) -> int:
     """Re-execute every recorded ``contract.verdict`` and compare; returns how many.
 
     A verdict must name the contract version in force at its trigger, and its result,
     requirements, reasons and cited evidence must be exactly what re-execution gives.
+    ``below``: only verdicts at leaf indexes under it, the part of the log verified (a
+    node may be writing more; ``book`` and ``evidence`` know only the verified part).
     """
     checked = 0
     after: int | None = None
     while True:
         page = store.query_txs(TxQuery(type="contract.verdict", after=after, limit=PAGE))
         for record in page:
+            if below is not None and record.leaf_index >= below:
+                return checked
             _check_verdict(store, book, evidence, record)
             checked += 1
         if len(page) < PAGE:
