@@ -188,6 +188,8 @@ def rotate(
     """Replace ACTOR's key: the old key signs nothing once the rotation is recorded.
 
     The new key file replaces the old one only after the ledger accepted the rotation.
+    If the rotation is not acknowledged, the new key stays in keys/.ACTOR.pending.key
+    (it may be recorded all the same) and the next rotation waits until it is dealt with.
 
     Example: opsledger keys rotate ci
     """
