@@ -11,7 +11,6 @@ from rich.console import Console
 
 from opsledger.app import Home
 from opsledger.cli._state import Consoles
-from opsledger.client.local import normalize_time
 from opsledger.core import (
     InvalidInput,
     ProofError,
@@ -24,6 +23,7 @@ from opsledger.core import (
     verify_consistency,
     verify_inclusion,
 )
+from opsledger.core.tx import normalize_time
 
 from .conftest import Ledger, fails, ok, ok_json, run
 

@@ -21,8 +21,8 @@ from opsledger.app.audit_render import render_markdown, to_json
 from opsledger.app.bundle import export_bundle
 from opsledger.cli._render import print_raw, say
 from opsledger.cli._state import get_state
-from opsledger.client.local import normalize_time
 from opsledger.core import InvalidInput
+from opsledger.core.tx import normalize_time
 
 __all__ = ["register"]
 

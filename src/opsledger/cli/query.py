@@ -15,8 +15,8 @@ import typer
 from opsledger.cli._render import kv_table, print_json, print_json_lines, print_raw, print_table
 from opsledger.cli._state import get_state
 from opsledger.client.base import LedgerClient
-from opsledger.client.local import normalize_time
 from opsledger.core import parse_checkpoint
+from opsledger.core.tx import normalize_time
 
 __all__ = ["register"]
 

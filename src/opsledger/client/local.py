@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,9 +11,9 @@ from opsledger.core import (
     OpsledgerError,
     Receipt,
     SignedTransaction,
-    format_ts,
     parse_subject,
 )
+from opsledger.core.tx import normalize_time
 from opsledger.ledger import LedgerNode
 from opsledger.ledger.views import block_view, head_view, tx_view
 from opsledger.store import TxQuery
@@ -23,36 +21,6 @@ from opsledger.store import TxQuery
 __all__ = ["LocalClient", "tx_query_from_filters"]
 
 MAX_PAGE = 1000
-
-
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_STAMP = re.compile(r"^[1-9]\d{3}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
-"""The stored form: as text, these sort in time order."""
-
-
-def normalize_time(text: str, option: str) -> str:
-    """RFC 3339 (any offset) or a bare date, as the stored ``YYYY-MM-DDTHH:MM:SS.mmmZ``
-    (timestamps compare as strings, so they must have exactly that shape). Every query
-    path goes through it (the CLI and the HTTP API alike): a raw ``...:56Z`` would sort
-    after ``...:56.240Z`` and drop that second's transactions."""
-    value = text.strip()
-    try:
-        if _DATE.match(value):
-            moment = _dt.datetime.fromisoformat(value).replace(tzinfo=_dt.UTC)
-        else:
-            moment = _dt.datetime.fromisoformat(value)
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=_dt.UTC)
-        stamp = format_ts(moment)  # UTC: an offset may carry it past year 1 or 9999
-    except (ValueError, OverflowError):
-        stamp = ""
-    if not _STAMP.match(stamp):  # also years before 1000, which would not sort as text
-        raise InvalidInput(
-            f"{option} must be an RFC 3339 time or a date like 2026-11-21 (years 1000 to"
-            f" 9999), got {text!r}",
-            field=option.lstrip("-"),
-        )
-    return stamp
 
 
 def _time_filter(filters: TxFilter, name: str) -> str | None:

@@ -15,6 +15,7 @@ Wire form (JSON, RFC 8785 canonical when hashed or signed)::
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ __all__ = [
     "Subject",
     "Transaction",
     "format_ts",
+    "normalize_time",
     "parse_subject",
     "sign_transaction",
 ]
@@ -50,6 +52,36 @@ def format_ts(moment: _dt.datetime) -> str:
     """RFC 3339 UTC with milliseconds and a ``Z``: fixed width, so strings sort as times."""
     utc = moment.astimezone(_dt.UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_STAMP = re.compile(r"^[1-9]\d{3}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+"""The stored form: as text, these sort in time order."""
+
+
+def normalize_time(text: str, option: str) -> str:
+    """RFC 3339 (any offset) or a bare date, as the stored ``YYYY-MM-DDTHH:MM:SS.mmmZ``
+    (timestamps compare as strings, so they must have exactly that shape). Every query
+    path goes through it (the CLI and the HTTP API alike): a raw ``...:56Z`` would sort
+    after ``...:56.240Z`` and drop that second's transactions."""
+    value = text.strip()
+    try:
+        if _DATE.match(value):
+            moment = _dt.datetime.fromisoformat(value).replace(tzinfo=_dt.UTC)
+        else:
+            moment = _dt.datetime.fromisoformat(value)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=_dt.UTC)
+        stamp = format_ts(moment)  # UTC: an offset may carry it past year 1 or 9999
+    except (ValueError, OverflowError):
+        stamp = ""
+    if not _STAMP.match(stamp):  # also years before 1000, which would not sort as text
+        raise InvalidInput(
+            f"{option} must be an RFC 3339 time or a date like 2026-11-21 (years 1000 to"
+            f" 9999), got {text!r}",
+            field=option.lstrip("-"),
+        )
+    return stamp
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,10 +42,10 @@ def iter_store_blocks(
     txs = store.iter_txs(prev_size)
     for block in store.iter_blocks(start, end):
         if type(block.height) is not int or type(block.log_size) is not int:
+            height = block.height if type(block.height) is int else prev_height + 1
             raise VerificationFailed(
-                f"block {block.height if type(block.height) is int else prev_height + 1}: "
-                "stored data is malformed: height or log_size is not an integer",
-                height=block.height if type(block.height) is int else prev_height + 1,
+                f"block {height}: stored data is malformed: height or log_size is not an integer",
+                height=height,
             )
         prev_height = block.height
         count = block.log_size - prev_size

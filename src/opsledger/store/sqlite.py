@@ -332,7 +332,7 @@ class SqliteStore:
             # (even under another process) before COMMIT.
             conn.execute("BEGIN IMMEDIATE")
             try:
-                self._check_extends(conn, block, txs)
+                keys = self._check_extends(conn, block, txs)
                 conn.execute(
                     INSERT_BLOCK,
                     (
@@ -345,7 +345,7 @@ class SqliteStore:
                         block.checkpoint,
                     ),
                 )
-                conn.executemany(INSERT_TX, map(tx_row, txs))
+                conn.executemany(INSERT_TX, map(tx_row, txs, keys))
                 conn.executemany(INSERT_NODE, ((level, idx, bytes(h)) for level, idx, h in nodes))
                 conn.executemany(UPSERT_NONCE, sorted(nonces.items()))
                 conn.execute("COMMIT")
@@ -356,7 +356,8 @@ class SqliteStore:
     @staticmethod
     def _check_extends(
         conn: sqlite3.Connection, block: BlockRecord, txs: Sequence[TxRecord]
-    ) -> None:
+    ) -> list[int]:
+        """Raise unless the block extends the head; return the txs' lookup keys."""
         row = conn.execute(
             "SELECT height, log_size FROM blocks ORDER BY height DESC LIMIT 1"
         ).fetchone()
@@ -389,13 +390,14 @@ class SqliteStore:
                     height=block.height,
                     tx_id=tx.tx_id,
                 )
-        check_new_ids(conn, block, txs)
+        keys = check_new_ids(conn, block, txs)
         if block.log_size != count + len(txs):
             raise StorageError(
                 f"block {block.height} has log_size {block.log_size}, expected {count + len(txs)}",
                 height=block.height,
                 expected=count + len(txs),
             )
+        return keys
 
     # -- reads ----------------------------------------------------------------------
 

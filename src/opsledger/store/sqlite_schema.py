@@ -13,7 +13,6 @@ from opsledger.core.errors import StorageError
 from opsledger.store.base import BlockRecord, TxRecord
 
 __all__ = [
-    "CREATE_TXS",
     "INSERT_BLOCK",
     "INSERT_NODE",
     "INSERT_TX",
@@ -44,7 +43,7 @@ SELECT_TXS = (
 
 # Blocks are never deleted, so the foreign key needs no index on txs.height (it is only
 # consulted on the referencing side, through the blocks primary key).
-CREATE_TXS = """CREATE TABLE IF NOT EXISTS {name} (
+_CREATE_TXS = """CREATE TABLE IF NOT EXISTS {name} (
         leaf_index INTEGER PRIMARY KEY CHECK (leaf_index >= 0),
         tx_id TEXT NOT NULL,
         tx_key INTEGER NOT NULL,
@@ -72,7 +71,7 @@ SCHEMA: tuple[str, ...] = (
         data BLOB NOT NULL,
         checkpoint TEXT NOT NULL
     )""",
-    CREATE_TXS.format(name="txs"),
+    _CREATE_TXS.format(name="txs"),
     # get_tx and the uniqueness check in append_block (see the module docstring).
     "CREATE INDEX IF NOT EXISTS txs_key ON txs (tx_key)",
     # One index per TxQuery filter, each ending in leaf_index so results come out in
@@ -118,7 +117,9 @@ def tx_key(tx_id: str) -> int:
     return int.from_bytes(hashlib.sha256(tx_id.encode()).digest()[:8], "big", signed=True)
 
 
-def tx_row(tx: TxRecord) -> tuple[Any, ...]:
+def tx_row(tx: TxRecord, key: int) -> tuple[Any, ...]:
+    """The INSERT_TX parameters of ``tx``; ``key`` is its ``tx_key`` (computed once, by
+    ``check_new_ids``)."""
     return (
         tx.tx_id,
         tx.leaf_index,
@@ -130,7 +131,7 @@ def tx_row(tx: TxRecord) -> tuple[Any, ...]:
         tx.ts,
         tx.nonce,
         bytes(tx.leaf),
-        tx_key(tx.tx_id),
+        key,
     )
 
 
@@ -140,7 +141,7 @@ def migrate_1_to_2(conn: sqlite3.Connection) -> None:
     constraint in place, hence copy, drop, rename; the schema's CREATE INDEX statements
     then build the indexes of schema 2."""
     conn.create_function("opsledger_tx_key", 1, tx_key, deterministic=True)
-    conn.execute(CREATE_TXS.format(name="txs_v2"))
+    conn.execute(_CREATE_TXS.format(name="txs_v2"))
     conn.execute(
         "INSERT INTO txs_v2 (leaf_index, tx_id, tx_key, height, type, actor, subject_kind, "
         "subject_id, ts, nonce, leaf) SELECT leaf_index, tx_id, opsledger_tx_key(tx_id), "
@@ -151,9 +152,12 @@ def migrate_1_to_2(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE txs_v2 RENAME TO txs")
 
 
-def check_new_ids(conn: sqlite3.Connection, block: BlockRecord, txs: Sequence[TxRecord]) -> None:
+def check_new_ids(
+    conn: sqlite3.Connection, block: BlockRecord, txs: Sequence[TxRecord]
+) -> list[int]:
     """Refuse a tx id already stored or repeated within the block: what the UNIQUE index
-    did in schema 1, now one indexed probe per tx."""
+    did in schema 1, now one indexed probe per tx. Returns the txs' ``tx_key`` values,
+    for the insert."""
     seen: set[str] = set()
     for tx in txs:
         if tx.tx_id in seen:
@@ -175,3 +179,4 @@ def check_new_ids(conn: sqlite3.Connection, block: BlockRecord, txs: Sequence[Tx
                     height=block.height,
                     tx_id=stored,
                 )
+    return keys
